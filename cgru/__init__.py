@@ -1,0 +1,20 @@
+"""cgru: a fast CPU engine for GRU networks, with the API of torch.nn.GRU on NumPy arrays."""
+from . import _engine
+from .gru import GRU, get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+
+def info():
+    """Build and runtime facts: version, OpenMP, threads, build flags, BLAS thread control."""
+    return {
+        "version": __version__,
+        "openmp": _engine.openmp_enabled(),
+        "threads": _engine.get_num_threads(),
+        "build_flags": _engine.BUILD_FLAGS,
+        "blas": "scipy.linalg.cython_blas",
+        "blas_threads_controlled": _engine.blas_threads_controlled(),
+    }
+
+
+__all__ = ["GRU", "get_num_threads", "set_num_threads", "info", "__version__"]

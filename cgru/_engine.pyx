@@ -1,0 +1,366 @@
+# cython: boundscheck=False, wraparound=False
+"""Thin wrapper over the C engine in src_c/.
+
+Callers (cgru/gru.py) pass C-contiguous arrays of one dtype, already checked against each other;
+this module re-checks what could crash the interpreter (dtype, contiguity, size), releases the GIL
+around every C call, and turns C status codes into exceptions.
+"""
+import ctypes
+import glob
+import os
+
+import numpy as np
+cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+cdef extern from "cgru.h":
+    ctypedef enum cgru_status:
+        CGRU_OK
+        CGRU_ERR_NO_BLAS
+        CGRU_ERR_TOO_LARGE
+        CGRU_ERR_BAD_DIMS
+        CGRU_ERR_NO_MEMORY
+
+    ctypedef void (*cgru_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*, float*,
+                                   int*, float*, float*, int*) noexcept nogil
+    ctypedef void (*cgru_dgemm_fn)(char*, char*, int*, int*, int*, double*, double*, int*,
+                                   double*, int*, double*, double*, int*) noexcept nogil
+    ctypedef void (*cgru_sgemv_fn)(char*, int*, int*, float*, float*, int*, float*, int*, float*,
+                                   float*, int*) noexcept nogil
+    ctypedef void (*cgru_dgemv_fn)(char*, int*, int*, double*, double*, int*, double*, int*,
+                                   double*, double*, int*) noexcept nogil
+    void cgru_register_blas(cgru_sgemm_fn, cgru_dgemm_fn, cgru_sgemv_fn, cgru_dgemv_fn)
+
+    int cgru_openmp_enabled() nogil
+    int cgru_get_num_threads() nogil
+    void cgru_set_num_threads(int) nogil
+
+    ctypedef struct cgru_layer_config:
+        int time_steps, batch, input_size, hidden_size
+        int reset_after
+        int reverse
+        int training
+        int n_threads
+
+    cgru_status cgru_layer_workspace_size(const cgru_layer_config*, size_t*, size_t*) nogil
+    cgru_status cgru_layer_forward_f32(float*, int, float*, float*, float*, const float*,
+                                       const float*, const float*, const float*, const float*,
+                                       const float*, const int64_t*,
+                                       const cgru_layer_config*) nogil
+    cgru_status cgru_layer_forward_f64(double*, int, double*, double*, double*, const double*,
+                                       const double*, const double*, const double*, const double*,
+                                       const double*, const int64_t*,
+                                       const cgru_layer_config*) nogil
+    cgru_status cgru_layer_backward_f32(float*, int, float*, float*, float*, float*, float*,
+                                        const float*, int, const float*, float*, float*,
+                                        const float*, const float*, const float*,
+                                        const int64_t*, const cgru_layer_config*) nogil
+    cgru_status cgru_layer_backward_f64(double*, int, double*, double*, double*, double*, double*,
+                                        const double*, int, const double*, double*, double*,
+                                        const double*, const double*, const double*,
+                                        const int64_t*, const cgru_layer_config*) nogil
+    cgru_status cgru_step_f32(float*, const float*, const float*, const float* const*,
+                              const float* const*, const float* const*, const float* const*,
+                              int, int, int, int, int) nogil
+    cgru_status cgru_step_f64(double*, const double*, const double*, const double* const*,
+                              const double* const*, const double* const*, const double* const*,
+                              int, int, int, int, int) nogil
+
+BUILD_FLAGS = "unknown"
+cdef extern from *:
+    """
+    #ifndef CGRU_BUILD_FLAGS
+    #define CGRU_BUILD_FLAGS "unknown"
+    #endif
+    static const char *cgru_build_flags = CGRU_BUILD_FLAGS;
+    """
+    const char *cgru_build_flags
+BUILD_FLAGS = cgru_build_flags.decode()
+
+MAX_LAYERS = 64
+
+
+# ---- BLAS from SciPy -----------------------------------------------------------------------------
+
+cdef void *_blas_pointer(str name) except NULL:
+    from scipy.linalg import cython_blas
+    capsule = cython_blas.__pyx_capi__[name]
+    cdef void *ptr = PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+    if ptr == NULL:
+        raise ImportError(f"cgru: scipy.linalg.cython_blas has no usable '{name}'")
+    return ptr
+
+cgru_register_blas(<cgru_sgemm_fn>_blas_pointer("sgemm"), <cgru_dgemm_fn>_blas_pointer("dgemm"),
+                   <cgru_sgemv_fn>_blas_pointer("sgemv"), <cgru_dgemv_fn>_blas_pointer("dgemv"))
+
+
+def _find_scipy_openblas():
+    """ctypes handle of the OpenBLAS that SciPy's BLAS runs on, or None (another BLAS)."""
+    import scipy
+    here = os.path.dirname(scipy.__file__)
+    patterns = [os.path.join(here, "..", "scipy.libs", "libscipy_openblas*"),
+                os.path.join(here, ".dylibs", "libscipy_openblas*"),
+                os.path.join(here, "..", "scipy_openblas32", "lib", "libscipy_openblas*")]
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    return None
+
+
+class _BlasThreads:
+    """Caps SciPy's OpenBLAS at one thread while engine calls run, so that OpenMP alone owns the
+    cores. Entered and left with the GIL held, so the count needs no other lock; the first call
+    in saves the user's setting and the last call out restores it."""
+
+    def __init__(self):
+        self.active = 0
+        self.saved = None
+        lib = _find_scipy_openblas()
+        self.set_fn = self.get_fn = None
+        if lib is not None:
+            for prefix in ("scipy_openblas_", "openblas_"):
+                try:
+                    self.set_fn = getattr(lib, prefix + "set_num_threads")
+                    self.get_fn = getattr(lib, prefix + "get_num_threads")
+                    self.set_fn.argtypes = [ctypes.c_int]
+                    self.set_fn.restype = None
+                    self.get_fn.restype = ctypes.c_int
+                    break
+                except AttributeError:
+                    self.set_fn = self.get_fn = None
+
+    @property
+    def controlled(self):
+        return self.set_fn is not None
+
+    def enter(self):
+        if self.active == 0 and self.set_fn is not None:
+            self.saved = self.get_fn()
+            if self.saved != 1:
+                self.set_fn(1)
+        self.active += 1
+
+    def leave(self):
+        self.active -= 1
+        if self.active == 0 and self.set_fn is not None and self.saved not in (None, 1):
+            self.set_fn(self.saved)
+
+
+_blas_threads = _BlasThreads()
+
+
+def blas_threads_controlled():
+    """True when cgru can hold SciPy's OpenBLAS to one thread inside its OpenMP regions."""
+    return _blas_threads.controlled
+
+
+# ---- threads -------------------------------------------------------------------------------------
+
+def openmp_enabled():
+    return bool(cgru_openmp_enabled())
+
+
+def get_num_threads():
+    return cgru_get_num_threads()
+
+
+def set_num_threads(int n):
+    cgru_set_num_threads(n)
+
+
+# ---- status codes --------------------------------------------------------------------------------
+
+cdef int _check(cgru_status status, str what) except -1:
+    if status == CGRU_OK:
+        return 0
+    if status == CGRU_ERR_NO_BLAS:
+        raise RuntimeError(f"{what}: BLAS from scipy.linalg.cython_blas was not registered")
+    if status == CGRU_ERR_TOO_LARGE:
+        raise ValueError(f"{what}: a dimension exceeds what 32-bit BLAS can index "
+                         "(time steps x batch and 3 x hidden_size must stay below 2**31)")
+    if status == CGRU_ERR_BAD_DIMS:
+        raise ValueError(f"{what}: every size must be positive")
+    if status == CGRU_ERR_NO_MEMORY:
+        raise MemoryError(f"{what}: out of memory")
+    raise RuntimeError(f"{what}: unexpected engine status {status}")
+
+
+cdef void *_data(object a, object dtype, Py_ssize_t size, str name) except? NULL:
+    """Pointer to a C-contiguous array of dtype with at least `size` elements, or NULL for None."""
+    if a is None:
+        return NULL
+    cdef cnp.ndarray arr = <cnp.ndarray?>a
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        raise TypeError(f"engine argument '{name}' must be a C-contiguous {dtype} array, "
+                        f"got {arr.dtype} (C-contiguous: {arr.flags.c_contiguous})")
+    if arr.size < size:
+        raise ValueError(f"engine argument '{name}' needs {size} elements, got {arr.size}")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef cgru_layer_config _config(int T, int B, int I, int H, bint reset_after, bint reverse,
+                               bint training, int n_threads):
+    cdef cgru_layer_config c
+    c.time_steps, c.batch, c.input_size, c.hidden_size = T, B, I, H
+    c.reset_after, c.reverse, c.training, c.n_threads = reset_after, reverse, training, n_threads
+    return c
+
+
+def layer_workspace_size(int T, int B, int I, int H, bint reset_after, bint training):
+    """(saved, scratch) element counts of one layer and direction."""
+    cdef cgru_layer_config c = _config(T, B, I, H, reset_after, False, training, 1)
+    cdef size_t saved = 0, scratch = 0
+    _check(cgru_layer_workspace_size(&c, &saved, &scratch), "layer_workspace_size")
+    return int(saved), int(scratch)
+
+
+def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b_hh, lengths,
+                  bint reset_after, bint reverse, bint training, int n_threads):
+    """One layer and direction forward. y (T, B, ldy) gets this direction at columns
+    [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef int ldy = y.shape[2]
+    if column < 0 or column + H > ldy or y.shape[0] != T or y.shape[1] != B:
+        raise ValueError("layer_forward: output block out of range")
+    cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, training, n_threads)
+    cdef size_t n_saved = 0, n_scratch = 0
+    _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_forward")
+    dt = x.dtype
+    cdef Py_ssize_t G = 3 * H
+    cdef void *py = _data(y, dt, T * B * ldy, "y")
+    cdef void *ph_n = _data(h_n, dt, B * H, "h_n")
+    cdef void *psaved = _data(saved, dt, n_saved, "saved")
+    cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
+    cdef void *px = _data(x, dt, T * B * I, "x")
+    cdef void *ph0 = _data(h0, dt, B * H, "h0")
+    cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
+    cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
+    cdef void *pb_ih = _data(b_ih, dt, G, "b_ih")
+    cdef void *pb_hh = _data(b_hh, dt, G, "b_hh")
+    if (pb_ih == NULL) != (pb_hh == NULL):
+        raise ValueError("layer_forward: b_ih and b_hh are both given or both None")
+    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths")
+    cdef cgru_status status
+    _blas_threads.enter()
+    try:
+        if dt == np.float32:
+            with nogil:
+                status = cgru_layer_forward_f32(
+                    <float*>py + column, ldy, <float*>ph_n, <float*>psaved, <float*>pscratch,
+                    <float*>px, <float*>ph0, <float*>pw_ih, <float*>pw_hh, <float*>pb_ih,
+                    <float*>pb_hh, <int64_t*>plengths, &c)
+        elif dt == np.float64:
+            with nogil:
+                status = cgru_layer_forward_f64(
+                    <double*>py + column, ldy, <double*>ph_n, <double*>psaved, <double*>pscratch,
+                    <double*>px, <double*>ph0, <double*>pw_ih, <double*>pw_hh, <double*>pb_ih,
+                    <double*>pb_hh, <int64_t*>plengths, &c)
+        else:
+            raise TypeError(f"layer_forward: dtype must be float32 or float64, got {dt}")
+    finally:
+        _blas_threads.leave()
+    _check(status, "layer_forward")
+
+
+def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, int column, dh_n,
+                   saved, scratch, x, w_ih, w_hh, lengths, bint reset_after, bint reverse,
+                   int n_threads):
+    """One layer and direction backward; consumes `saved` from a training forward."""
+    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
+    cdef int ldy = dy.shape[2]
+    if column < 0 or column + H > ldy or dy.shape[0] != T or dy.shape[1] != B:
+        raise ValueError("layer_backward: gradient block out of range")
+    cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, True, n_threads)
+    cdef size_t n_saved = 0, n_scratch = 0
+    _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_backward")
+    dt = x.dtype
+    cdef Py_ssize_t G = 3 * H
+    cdef void *pdx = _data(dx, dt, T * B * I, "dx")
+    cdef void *pdh0 = _data(dh0, dt, B * H, "dh0")
+    cdef void *pdw_ih = _data(dw_ih, dt, G * I, "dw_ih")
+    cdef void *pdw_hh = _data(dw_hh, dt, G * H, "dw_hh")
+    cdef void *pdb_ih = _data(db_ih, dt, G, "db_ih")
+    cdef void *pdb_hh = _data(db_hh, dt, G, "db_hh")
+    if (pdb_ih == NULL) != (pdb_hh == NULL):
+        raise ValueError("layer_backward: db_ih and db_hh are both given or both None")
+    cdef void *pdy = _data(dy, dt, T * B * ldy, "dy")
+    cdef void *pdh_n = _data(dh_n, dt, B * H, "dh_n")
+    cdef void *psaved = _data(saved, dt, n_saved, "saved")
+    cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
+    cdef void *px = _data(x, dt, T * B * I, "x")
+    cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
+    cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
+    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths")
+    cdef cgru_status status
+    _blas_threads.enter()
+    try:
+        if dt == np.float32:
+            with nogil:
+                status = cgru_layer_backward_f32(
+                    <float*>pdx, accumulate_dx, <float*>pdh0, <float*>pdw_ih, <float*>pdw_hh,
+                    <float*>pdb_ih, <float*>pdb_hh, <float*>pdy + column, ldy, <float*>pdh_n,
+                    <float*>psaved, <float*>pscratch, <float*>px, <float*>pw_ih, <float*>pw_hh,
+                    <int64_t*>plengths, &c)
+        elif dt == np.float64:
+            with nogil:
+                status = cgru_layer_backward_f64(
+                    <double*>pdx, accumulate_dx, <double*>pdh0, <double*>pdw_ih, <double*>pdw_hh,
+                    <double*>pdb_ih, <double*>pdb_hh, <double*>pdy + column, ldy, <double*>pdh_n,
+                    <double*>psaved, <double*>pscratch, <double*>px, <double*>pw_ih,
+                    <double*>pw_hh, <int64_t*>plengths, &c)
+        else:
+            raise TypeError(f"layer_backward: dtype must be float32 or float64, got {dt}")
+    finally:
+        _blas_threads.leave()
+    _check(status, "layer_backward")
+
+
+def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_after):
+    """One time step through L unidirectional layers: h_out (L, B, H) from h_in and x (B, I)."""
+    cdef int L = len(w_hh), B = x.shape[0], I = x.shape[1], H = h_in.shape[2]
+    if L < 1 or L > MAX_LAYERS:
+        raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
+    dt = x.dtype
+    cdef const void *wi[64]
+    cdef const void *wh[64]
+    cdef const void *bi[64]
+    cdef const void *bh[64]
+    cdef bint has_bias = b_ih is not None and len(b_ih) > 0
+    cdef int l
+    for l in range(L):
+        wi[l] = _data(w_ih[l], dt, 3 * H * (I if l == 0 else H), "w_ih")
+        wh[l] = _data(w_hh[l], dt, 3 * H * H, "w_hh")
+        if has_bias:
+            bi[l] = _data(b_ih[l], dt, 3 * H, "b_ih")
+            bh[l] = _data(b_hh[l], dt, 3 * H, "b_hh")
+    cdef void *pout = _data(h_out, dt, L * B * H, "out")
+    cdef void *pin = _data(h_in, dt, L * B * H, "h")
+    cdef void *px = _data(x, dt, B * I, "x")
+    cdef cgru_status status
+    _blas_threads.enter()
+    try:
+        if dt == np.float32:
+            with nogil:
+                status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
+                                       <const float* const*>wi, <const float* const*>wh,
+                                       <const float* const*>bi if has_bias else NULL,
+                                       <const float* const*>bh if has_bias else NULL,
+                                       L, B, I, H, reset_after)
+        elif dt == np.float64:
+            with nogil:
+                status = cgru_step_f64(<double*>pout, <double*>pin, <double*>px,
+                                       <const double* const*>wi, <const double* const*>wh,
+                                       <const double* const*>bi if has_bias else NULL,
+                                       <const double* const*>bh if has_bias else NULL,
+                                       L, B, I, H, reset_after)
+        else:
+            raise TypeError(f"step: dtype must be float32 or float64, got {dt}")
+    finally:
+        _blas_threads.leave()
+    _check(status, "step")

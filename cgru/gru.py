@@ -1,0 +1,387 @@
+"""`cgru.GRU`: a multi-layer GRU with the names, shapes and state dict of `torch.nn.GRU`.
+
+This layer validates, lays arrays out contiguously, allocates one workspace per call and hands
+each layer and direction to the C engine (which runs without the GIL). Everything per time step
+happens in C.
+"""
+import numpy as np
+
+from . import _engine
+
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def set_num_threads(n):
+    """Set the number of threads every engine call uses (OpenMP). Overrides OMP_NUM_THREADS."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    _engine.set_num_threads(int(n))
+
+
+def get_num_threads():
+    """Threads an engine call uses: set_num_threads(n), else OMP_NUM_THREADS, else the cores."""
+    return _engine.get_num_threads()
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class GRU:
+    """Multi-layer GRU on the cgru engine; the API of `torch.nn.GRU` plus `reset_after`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as in
+            `torch.nn.GRU`.
+        reset_after: True (PyTorch, cuDNN, Keras default): n = tanh(W_in x + b_in + r * (W_hn h
+            + b_hn)). False (Cho et al. 2014, Keras reset_after=False, ONNX
+            linear_before_reset=0): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+        dtype: "float32" or "float64"; inputs must have the same dtype.
+        seed: seeds the initial weights (uniform in +-1/sqrt(hidden_size), as PyTorch) and the
+            dropout masks.
+
+    Shapes: x (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
+    unbatched; h0 and h_n (num_layers * D, B, hidden_size); y (T, B, D * hidden_size), with D = 2
+    when bidirectional.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, reset_after=True, dtype="float32", seed=None):
+        self.input_size = _positive_int(input_size, "input_size")
+        self.hidden_size = _positive_int(hidden_size, "hidden_size")
+        self.num_layers = _positive_int(num_layers, "num_layers")
+        if not isinstance(dropout, (int, float, np.floating)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        if key not in _DTYPES:
+            raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = _DTYPES[key]
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.reset_after = bool(reset_after)
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._context = None
+        self._spent_context = False
+        H, D = self.hidden_size, self.num_directions
+        bound = 1.0 / np.sqrt(H)
+        self.params = {}
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else D * H
+            for d in range(D):
+                for name, shape in zip(self._names(layer, d),
+                                       [(3 * H, layer_input), (3 * H, H), (3 * H,), (3 * H,)]):
+                    if name.startswith("bias") and not self.bias:
+                        continue
+                    self.params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    # ---- PyTorch-style housekeeping -------------------------------------------------------------
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @staticmethod
+    def _names(layer, direction):
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        return ["weight_ih" + suffix, "weight_hh" + suffix, "bias_ih" + suffix, "bias_hh" + suffix]
+
+    def train(self, mode=True):
+        """Training mode: forwards keep what backward needs, and dropout applies."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode: forwards keep nothing and skip dropout."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g.fill(0)
+
+    def state_dict(self):
+        """Copies of the parameters under PyTorch's names."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters by PyTorch's names; refuses missing, unexpected or misshapen entries."""
+        missing = sorted(set(self.params) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(self.params))
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        loaded = {}
+        for k, v in state_dict.items():
+            arr = np.asarray(v)
+            if arr.shape != self.params[k].shape:
+                raise ValueError(f"load_state_dict: '{k}' must have shape {self.params[k].shape}, "
+                                 f"got {arr.shape}")
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise TypeError(f"load_state_dict: '{k}' must be floating point, got {arr.dtype}")
+            loaded[k] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        for k, v in loaded.items():
+            self.params[k][...] = v
+
+    def __repr__(self):
+        extra = "" if self.reset_after else ", reset_after=False"
+        return (f"GRU({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dtype={self.dtype.name}{extra})")
+
+    # ---- validation -----------------------------------------------------------------------------
+
+    def _array(self, value, name):
+        arr = np.asarray(value)
+        if arr.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {arr.dtype} but the GRU's parameters are "
+                            f"{self.dtype}; pass {name}.astype(np.{self.dtype.name}) or build the "
+                            f"GRU with dtype='{arr.dtype}'")
+        return arr
+
+    def _checked_params(self):
+        """The parameter arrays as the engine needs them (users may have replaced entries)."""
+        checked = {}
+        for k, v in self.params.items():
+            if not isinstance(v, np.ndarray) or v.dtype != self.dtype or not v.flags.c_contiguous:
+                raise TypeError(f"params['{k}'] must be a C-contiguous {self.dtype} array; "
+                                f"got {type(v).__name__} {getattr(v, 'dtype', '')}")
+            if v.shape != self.grads[k].shape:
+                raise ValueError(f"params['{k}'] must have shape {self.grads[k].shape}, "
+                                 f"got {v.shape}")
+            checked[k] = v
+        return checked
+
+    def _time_major_input(self, x):
+        x = self._array(x, "x")
+        if x.ndim == 2:
+            unbatched = True
+            x = x[:, None, :]
+        elif x.ndim == 3:
+            unbatched = False
+            if self.batch_first:
+                x = x.transpose(1, 0, 2)
+        else:
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(f"x must be {layout}, or (T, input_size) unbatched; got shape "
+                             f"{x.shape}")
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"x must have input_size={self.input_size} features in its last "
+                             f"dimension, got {I}")
+        if T == 0:
+            raise ValueError("x has 0 time steps; a GRU needs at least one")
+        if B == 0:
+            raise ValueError("x has a batch of 0 sequences; a GRU needs at least one")
+        return np.ascontiguousarray(x), unbatched
+
+    def _state(self, h, name, B, unbatched):
+        """h0 / dh_n as (num_layers * D, B, H), contiguous; None stays None."""
+        if h is None:
+            return None
+        h = self._array(h, name)
+        expected = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if unbatched:
+            if h.shape != (expected[0], expected[2]):
+                raise ValueError(f"{name} must have shape {(expected[0], expected[2])} for an "
+                                 f"unbatched input, got {h.shape}")
+            h = h[:, None, :]
+        elif h.shape != expected:
+            raise ValueError(f"{name} must have shape (num_layers * num_directions, batch, "
+                             f"hidden_size) = {expected}, got {h.shape}")
+        return np.ascontiguousarray(h)
+
+    @staticmethod
+    def _lengths(lengths, T, B):
+        if lengths is None:
+            return None
+        arr = np.asarray(lengths)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+        if arr.shape != (B,):
+            raise ValueError(f"lengths must have shape (batch,) = ({B},), got {arr.shape}")
+        if arr.min() < 1 or arr.max() > T:
+            raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got values from "
+                             f"{arr.min()} to {arr.max()}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    # ---- forward and backward -------------------------------------------------------------------
+
+    def __call__(self, x, h0=None, lengths=None):
+        return self.forward(x, h0, lengths)
+
+    def forward(self, x, h0=None, lengths=None):
+        """Run the GRU over x; returns (y, h_n). In training mode, keeps what backward needs."""
+        x, unbatched = self._time_major_input(x)
+        T, B, _ = x.shape
+        h0 = self._state(h0, "h0", B, unbatched)
+        if unbatched and lengths is not None:
+            raise ValueError("lengths applies to batched input only; x is unbatched (T, "
+                             "input_size)")
+        lengths = self._lengths(lengths, T, B)
+        params = self._checked_params()
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        training = self.training
+        n_threads = _engine.get_num_threads()
+
+        # One workspace per call, carved into named regions: a saved block per layer and
+        # direction (kept for backward in training mode, shared in inference mode) and scratch.
+        inputs = [self.input_size] + [D * H] * (L - 1)
+        sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, training)
+                 for I in inputs]
+        n_saved = [s for s, _ in sizes]
+        scratch_size = max(s for _, s in sizes)
+        saved_total = sum(n_saved) * D if training else max(n_saved)
+        workspace = np.empty(saved_total + scratch_size, self.dtype)
+        scratch = workspace[saved_total:]
+        h_n = np.empty((L * D, B, H), self.dtype)
+        layer_input = x.copy() if training else x  # a user may change x before backward
+        context = {"layers": [], "lengths": lengths, "shape": (T, B), "unbatched": unbatched,
+                   "workspace": workspace}
+        offset = 0
+        for layer in range(L):
+            y = np.empty((T, B, D * H), self.dtype)
+            saved_blocks = []
+            for d in range(D):
+                w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in self._names(layer, d))
+                size = n_saved[layer] if training else saved_total
+                saved = workspace[offset:offset + size]
+                if training:
+                    offset += size
+                _engine.layer_forward(y, d * H, h_n[layer * D + d], saved, scratch, layer_input,
+                                      None if h0 is None else h0[layer * D + d], w_ih, w_hh,
+                                      b_ih, b_hh, lengths, self.reset_after, d == 1, training,
+                                      n_threads)
+                saved_blocks.append(saved)
+            mask = None
+            if training and self.dropout > 0 and layer < L - 1:
+                keep = 1.0 - self.dropout
+                mask = (self._rng.random(y.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+            if training:
+                context["layers"].append((layer_input, saved_blocks, mask))
+            layer_input = y if mask is None else y * mask
+
+        if training:
+            self._context = context
+            self._spent_context = False
+        if unbatched:
+            return y[:, 0, :], h_n[:, 0, :]
+        if self.batch_first:
+            y = y.transpose(1, 0, 2)
+        return y, h_n
+
+    def backward(self, dy, dh_n=None):
+        """Backpropagate through the last training-mode forward.
+
+        dy has y's shape, dh_n h_n's (or None). Returns (dx, dh0) and adds the parameter
+        gradients into `self.grads` (call `zero_grad()` to clear them). One backward per forward.
+        """
+        if self._context is None:
+            if self._spent_context:
+                raise RuntimeError("backward was already called for the last forward; run a "
+                                   "new training-mode forward before another backward")
+            raise RuntimeError("backward needs a forward in training mode first (call "
+                               "gru.train() and then gru(x))")
+        context = self._context
+        T, B = context["shape"]
+        unbatched = context["unbatched"]
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        dy = self._array(dy, "dy")
+        expected = ((T, D * H) if unbatched else
+                    (B, T, D * H) if self.batch_first else (T, B, D * H))
+        if dy.shape != expected:
+            raise ValueError(f"dy must have the shape of the forward's output {expected}, "
+                             f"got {dy.shape}")
+        if unbatched:
+            dy = dy[:, None, :]
+        elif self.batch_first:
+            dy = dy.transpose(1, 0, 2)
+        dy = np.ascontiguousarray(dy)
+        dh_n = self._state(dh_n, "dh_n", B, unbatched)
+        params = self._checked_params()
+        for k in params:
+            if self.grads[k].shape != params[k].shape or self.grads[k].dtype != self.dtype \
+                    or not self.grads[k].flags.c_contiguous:
+                raise TypeError(f"grads['{k}'] must be a C-contiguous {self.dtype} array of "
+                                f"shape {params[k].shape}")
+        self._context = None
+        self._spent_context = True
+
+        n_threads = _engine.get_num_threads()
+        workspace = context["workspace"]
+        scratch_size = max(_engine.layer_workspace_size(T, B, layer_input.shape[2], H,
+                                                        self.reset_after, True)[1]
+                           for layer_input, _, _ in context["layers"])
+        scratch = workspace[workspace.size - scratch_size:]
+        dh0 = np.empty((L * D, B, H), self.dtype)
+        for layer in range(L - 1, -1, -1):
+            layer_input, saved_blocks, _ = context["layers"][layer]
+            dx = np.empty(layer_input.shape, self.dtype)
+            for d in range(D):
+                k_ih, k_hh, kb_ih, kb_hh = self._names(layer, d)
+                _engine.layer_backward(
+                    dx, d > 0, dh0[layer * D + d], self.grads[k_ih], self.grads[k_hh],
+                    self.grads.get(kb_ih), self.grads.get(kb_hh), dy, d * H,
+                    None if dh_n is None else dh_n[layer * D + d], saved_blocks[d], scratch,
+                    layer_input, params[k_ih], params[k_hh], context["lengths"],
+                    self.reset_after, d == 1, n_threads)
+            if layer > 0:
+                mask = context["layers"][layer - 1][2]
+                dy = dx if mask is None else dx * mask
+            else:
+                dy = dx
+        dx = dy
+        if unbatched:
+            return dx[:, 0, :], dh0[:, 0, :]
+        if self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, dh0
+
+    # ---- streaming ------------------------------------------------------------------------------
+
+    def step(self, x_t, h, out=None):
+        """One time step through all layers of a unidirectional GRU, for online use.
+
+        x_t (B, input_size) and h (num_layers, B, hidden_size), or x_t (input_size,) and h
+        (num_layers, hidden_size). Returns the new state; `out` (h's shape) receives it, and may be
+        h itself. The top layer's output is the returned state's last row.
+        """
+        if self.bidirectional:
+            raise ValueError("step() runs a unidirectional GRU; this one is bidirectional")
+        x_t = np.asarray(x_t)
+        h = np.asarray(h)
+        if x_t.dtype != self.dtype or h.dtype != self.dtype:
+            bad, name = (x_t, "x_t") if x_t.dtype != self.dtype else (h, "h")
+            raise TypeError(f"{name} has dtype {bad.dtype} but the GRU's parameters are "
+                            f"{self.dtype}")
+        L, H = self.num_layers, self.hidden_size
+        if x_t.ndim == 1 and h.ndim == 2:
+            B, x2, h3 = 1, x_t[None, :], h[:, None, :]
+        elif x_t.ndim == 2 and h.ndim == 3:
+            B, x2, h3 = x_t.shape[0], x_t, h
+        else:
+            raise ValueError(f"step takes x_t (B, input_size) with h (num_layers, B, hidden_size),"
+                             f" or x_t (input_size,) with h (num_layers, hidden_size); got x_t "
+                             f"{x_t.shape} and h {h.shape}")
+        if x2.shape[1] != self.input_size:
+            raise ValueError(f"x_t must have {self.input_size} features, got {x2.shape[1]}")
+        if h3.shape != (L, B, H):
+            raise ValueError(f"h must have shape {(L, B, H) if h.ndim == 3 else (L, H)}, got "
+                             f"{h.shape}")
+        if B == 0:
+            raise ValueError("x_t has a batch of 0 rows")
+        if out is None:
+            out = np.empty(h.shape, self.dtype)
+        elif not isinstance(out, np.ndarray) or out.shape != h.shape or \
+                out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable C-contiguous {self.dtype} array of shape "
+                             f"{h.shape}")
+        params = self.params
+        names = [self._names(layer, 0) for layer in range(L)]
+        _engine.step(out, np.ascontiguousarray(h3), np.ascontiguousarray(x2),
+                     [params[n[0]] for n in names], [params[n[1]] for n in names],
+                     [params[n[2]] for n in names] if self.bias else None,
+                     [params[n[3]] for n in names] if self.bias else None, self.reset_after)
+        return out

@@ -1,0 +1,90 @@
+/* Typed body of blas.c, included once per dtype (see real_begin.h and blas_decl.h). */
+#include "real_begin.h"
+
+#if CGRU_DOUBLE
+#define BLAS_GEMM blas_dgemm
+#define BLAS_GEMV blas_dgemv
+#else
+#define BLAS_GEMM blas_sgemm
+#define BLAS_GEMV blas_sgemv
+#endif
+
+void FN(cgru_gemm)(int trans_a, int trans_b, int M, int N, int K, REAL alpha, const REAL *A,
+                   int lda, const REAL *B, int ldb, REAL beta, REAL *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        /* C := beta * C; BLAS would do the same, spelled out for clarity. */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++)
+                C[(long)m * ldc + n] = beta == 0 ? 0 : beta * C[(long)m * ldc + n];
+        return;
+    }
+    if (M == 1) {
+        /* C^T (N) = op(B)^T (N, K) . a (K), with a the single row of op(A). */
+        char trans = trans_b ? 'T' : 'N';
+        int rows = trans_b ? K : N, cols = trans_b ? N : K;
+        int inc_a = trans_a ? lda : 1, inc_c = 1;
+        BLAS_GEMV(&trans, &rows, &cols, &alpha, (REAL *)B, &ldb, (REAL *)A, &inc_a, &beta, C,
+                  &inc_c);
+        return;
+    }
+    char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    BLAS_GEMM(&tb, &ta, &N, &M, &K, &alpha, (REAL *)B, &ldb, (REAL *)A, &lda, &beta, C, &ldc);
+}
+
+void FN(cgru_gemm_split)(int n_threads, int trans_a, int trans_b, int M, int N, int K, REAL alpha,
+                         const REAL *A, int lda, const REAL *B, int ldb, REAL beta, REAL *C,
+                         int ldc)
+{
+    int split_rows = M >= N;
+    int extent = split_rows ? M : N;
+    int parts = n_threads;
+    if (parts > extent / ALIGN) parts = extent / ALIGN;
+    if (parts <= 1) {
+        FN(cgru_gemm)(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* one block per iteration; schedule(static, 1) keeps the block-to-thread map fixed */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#endif
+    for (int k = 0; k < parts; k++) {
+        int lo = cgru_block_start(k, extent, parts, ALIGN);
+        int hi = cgru_block_start(k + 1, extent, parts, ALIGN);
+        if (hi <= lo) continue;
+        if (split_rows) {
+            /* rows [lo, hi) of C and of op(A) */
+            const REAL *A_block = trans_a ? A + lo : A + (long)lo * lda;
+            FN(cgru_gemm)(trans_a, trans_b, hi - lo, N, K, alpha, A_block, lda, B, ldb, beta,
+                          C + (long)lo * ldc, ldc);
+        } else {
+            /* columns [lo, hi) of C and of op(B) */
+            const REAL *B_block = trans_b ? B + (long)lo * ldb : B + lo;
+            FN(cgru_gemm)(trans_a, trans_b, M, hi - lo, K, alpha, A, lda, B_block, ldb, beta,
+                          C + lo, ldc);
+        }
+    }
+}
+
+void FN(cgru_colsum_add)(int n_threads, REAL *out, const REAL *A, int M, int N, int lda)
+{
+    int parts = n_threads;
+    if (parts > N / ALIGN) parts = N / ALIGN;
+    if (parts < 1) parts = 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#endif
+    for (int k = 0; k < parts; k++) {
+        /* each thread owns columns [lo, hi) of out */
+        int lo = cgru_block_start(k, N, parts, ALIGN), hi = cgru_block_start(k + 1, N, parts, ALIGN);
+        for (int m = 0; m < M; m++) {
+            const REAL *row = A + (long)m * lda;
+            for (int n = lo; n < hi; n++) out[n] += row[n];
+        }
+    }
+}
+
+#undef BLAS_GEMM
+#undef BLAS_GEMV
+#include "real_end.h"

@@ -1,0 +1,122 @@
+/*
+ * cgru: the C engine's public interface.
+ *
+ * Dimension legend, used in every shape comment of src_c/:
+ *   T = time steps, B = batch, I = input features of the layer, H = hidden units,
+ *   G = 3H (the gates r, z, n side by side, PyTorch's order).
+ * All matrices are row-major and contiguous unless a leading dimension (ld*) says otherwise.
+ *
+ * Every function that can fail returns a cgru_status; the Cython layer turns it into an exception.
+ * Every function is typed twice, suffix _f32 (float) and _f64 (double), from one source file.
+ */
+#ifndef CGRU_H
+#define CGRU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    CGRU_OK = 0,
+    CGRU_ERR_NO_BLAS = 1,        /* cgru_register_blas was never called */
+    CGRU_ERR_TOO_LARGE = 2,      /* a matrix dimension exceeds the 32-bit BLAS integer */
+    CGRU_ERR_BAD_DIMS = 3,       /* a size is zero or negative */
+    CGRU_ERR_NO_MEMORY = 4,      /* malloc failed */
+} cgru_status;
+
+/* ---- BLAS from SciPy (blas.c) ---------------------------------------------------------------- */
+
+/* Fortran BLAS signatures, as scipy.linalg.cython_blas exports them. */
+typedef void (*cgru_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                              float *a, int *lda, float *b, int *ldb, float *beta, float *c, int *ldc);
+typedef void (*cgru_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
+                              double *a, int *lda, double *b, int *ldb, double *beta, double *c,
+                              int *ldc);
+typedef void (*cgru_sgemv_fn)(char *trans, int *m, int *n, float *alpha, float *a, int *lda,
+                              float *x, int *incx, float *beta, float *y, int *incy);
+typedef void (*cgru_dgemv_fn)(char *trans, int *m, int *n, double *alpha, double *a, int *lda,
+                              double *x, int *incx, double *beta, double *y, int *incy);
+
+void cgru_register_blas(cgru_sgemm_fn sgemm, cgru_dgemm_fn dgemm, cgru_sgemv_fn sgemv,
+                        cgru_dgemv_fn dgemv);
+
+/* ---- Threads (threads.c) --------------------------------------------------------------------- */
+
+int cgru_openmp_enabled(void);
+/* Threads an engine call uses: OMP_NUM_THREADS / omp_get_max_threads() until set. */
+int cgru_get_num_threads(void);
+void cgru_set_num_threads(int n_threads);
+
+/* ---- One layer, one direction (layer.c) ------------------------------------------------------ */
+
+typedef struct {
+    int time_steps, batch, input_size, hidden_size;  /* T, B, I, H */
+    int reset_after;   /* 1: n = tanh(Wx + b + r * (W_hn h + b_hn)); 0: Cho et al., W_hn (r * h) */
+    int reverse;       /* 1: the time loop runs from each sequence's last step back to t = 0 */
+    int training;      /* 1: keep what backward needs in the saved region */
+    int n_threads;
+} cgru_layer_config;
+
+/*
+ * Workspace sizes, in elements of the dtype:
+ *   saved:   what a training forward keeps for backward (T+1 states, T x 3H gates, T x H extra);
+ *            in inference mode the forward uses it too, with two state slots instead of T+1.
+ *   scratch: what one call needs only while it runs (packed W_hh, per-step buffers).
+ */
+cgru_status cgru_layer_workspace_size(const cgru_layer_config *cfg, size_t *saved_elems,
+                                      size_t *scratch_elems);
+
+/*
+ * Forward of one layer and direction.
+ *   y       (T, B, ldy): this direction's output is written at columns [0, H) of each row; the
+ *           caller offsets the pointer by d*H for direction d. Steps past a sequence's length get 0.
+ *   h_n     (B, H): the state after each sequence's own last step.
+ *   saved   (saved_elems,), scratch (scratch_elems,): see cgru_layer_workspace_size.
+ *   x       (T, B, I); h0 (B, H) or NULL for zeros;
+ *   w_ih    (3H, I); w_hh (3H, H); b_ih, b_hh (3H) or both NULL for a GRU without bias.
+ *   lengths (B,) with 1 <= lengths[b] <= T, or NULL when every sequence has T steps.
+ */
+cgru_status cgru_layer_forward_f32(float *y, int ldy, float *h_n, float *saved, float *scratch,
+                                   const float *x, const float *h0, const float *w_ih,
+                                   const float *w_hh, const float *b_ih, const float *b_hh,
+                                   const int64_t *lengths, const cgru_layer_config *cfg);
+cgru_status cgru_layer_forward_f64(double *y, int ldy, double *h_n, double *saved, double *scratch,
+                                   const double *x, const double *h0, const double *w_ih,
+                                   const double *w_hh, const double *b_ih, const double *b_hh,
+                                   const int64_t *lengths, const cgru_layer_config *cfg);
+
+/*
+ * Backward of one layer and direction, after a training forward with the same saved region.
+ * The saved region is consumed (overwritten with gate gradients).
+ *   dx      (T, B, I): written when accumulate_dx is 0, added to when 1.
+ *   dh0     (B, H): written.
+ *   dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H) or NULL: added to (+=).
+ *   dy      (T, B, ldy) gradient of this direction's output (pointer offset by d*H by the caller).
+ *   dh_n    (B, H) or NULL for zeros.
+ */
+cgru_status cgru_layer_backward_f32(float *dx, int accumulate_dx, float *dh0, float *dw_ih,
+                                    float *dw_hh, float *db_ih, float *db_hh, const float *dy,
+                                    int ldy, const float *dh_n, float *saved, float *scratch,
+                                    const float *x, const float *w_ih, const float *w_hh,
+                                    const int64_t *lengths, const cgru_layer_config *cfg);
+cgru_status cgru_layer_backward_f64(double *dx, int accumulate_dx, double *dh0, double *dw_ih,
+                                    double *dw_hh, double *db_ih, double *db_hh, const double *dy,
+                                    int ldy, const double *dh_n, double *saved, double *scratch,
+                                    const double *x, const double *w_ih, const double *w_hh,
+                                    const int64_t *lengths, const cgru_layer_config *cfg);
+
+/* ---- One time step through a stack of unidirectional layers (step.c) ------------------------- */
+
+/*
+ * h_out (L, B, H) = the states after one step; h_in (L, B, H) may be the same buffer.
+ * x (B, I0); w_ih[l] (3H, I_l) with I_0 = I0 and I_l = H above; w_hh[l] (3H, H);
+ * b_ih[l], b_hh[l] (3H) or NULL arrays for no bias.
+ */
+cgru_status cgru_step_f32(float *h_out, const float *h_in, const float *x, const float *const *w_ih,
+                          const float *const *w_hh, const float *const *b_ih,
+                          const float *const *b_hh, int L, int B, int I0, int H, int reset_after);
+cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
+                          const double *const *w_ih, const double *const *w_hh,
+                          const double *const *b_ih, const double *const *b_hh, int L, int B,
+                          int I0, int H, int reset_after);
+
+#endif /* CGRU_H */

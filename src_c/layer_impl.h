@@ -1,0 +1,253 @@
+/* Typed body of layer.c, included once per dtype (see real_begin.h). */
+#include "real_begin.h"
+
+/* The state slot read (prev) and written (next) at time t, see the top of layer.c. */
+static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int s, int t, int next)
+{
+    long BH = (long)c->batch * c->hidden_size;
+    if (!c->training) return states + ((s + next) % 2) * BH;
+    return states + (long)(t + (c->reverse ? !next : next)) * BH;
+}
+
+/* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
+ * (3H, H), from row 3*j0 on, so each thread's recurrent GEMM is one call on contiguous rows. */
+static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices)
+{
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(n_slices) schedule(static, 1)
+#endif
+    for (int k = 0; k < n_slices; k++) {
+        int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+        int hs = j1 - j0;
+        for (int g = 0; g < 3; g++)
+            memcpy(w_packed + ((long)3 * j0 + (long)g * hs) * H, w_hh + ((long)g * H + j0) * H,
+                   sizeof(REAL) * hs * H);
+    }
+}
+
+cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
+                                   const REAL *x, const REAL *h0, const REAL *w_ih,
+                                   const REAL *w_hh, const REAL *b_ih, const REAL *b_hh,
+                                   const int64_t *lengths, const cgru_layer_config *cfg)
+{
+    if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
+    cgru_status st = check_config(cfg);
+    if (st != CGRU_OK) return st;
+    const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
+    const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;
+    const int training = cfg->training, reset_after = cfg->reset_after;
+    layer_layout L = layout_of(cfg);
+    REAL *states = saved + L.states;  /* (slots, B, H) */
+    REAL *gates = saved + L.gates;    /* (T, B, 3H) */
+    REAL *extra = saved + L.extra;    /* (T, B, H) training; (B, H) inference */
+    REAL *w_packed = scratch + L.w_packed, *gh = scratch + L.gh, *bias = scratch + L.bias;
+
+    /* 1. gates = bias + x W_ih^T: one GEMM (T*B, I) x (I, 3H) for all steps. The recurrent bias
+     *    of r and z (and of n when reset_after=0) adds to the same pre-activation, so it folds in
+     *    here; with reset_after=1 b_hn stays inside r * (W_hn h + b_hn). */
+    if (b_ih) {
+        for (int g = 0; g < G; g++) bias[g] = b_ih[g] + ((g < 2 * H || !reset_after) ? b_hh[g] : 0);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(p) schedule(static)
+#endif
+        for (long row = 0; row < TB; row++) memcpy(gates + row * G, bias, sizeof(REAL) * G);
+    }
+    FN(cgru_gemm_split)(p, 0, 1, TB, G, I, 1, x, I, w_ih, I, b_ih ? 1 : 0, gates, G);
+
+    /* 2. pack W_hh by slices */
+    const int n_slices = loop_slices(p, H, ALIGN);
+    FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
+    const REAL *b_hn = b_hh ? b_hh + 2 * H : 0;
+
+    /* 3. h0 into the first slot */
+    REAL *first = FN(state_slot)(states, cfg, 0, cfg->reverse ? T - 1 : 0, 0);
+    if (h0) memcpy(first, h0, sizeof(REAL) * B * H);
+    else memset(first, 0, sizeof(REAL) * B * H);
+
+    /* 4. the time loop */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_slices)
+#endif
+    {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int me = 0, team = 1;
+#endif
+        for (int s = 0; s < T; s++) {
+            const int t = cfg->reverse ? T - 1 - s : s;
+            const REAL *h_prev = FN(state_slot)(states, cfg, s, t, 0);  /* (B, H) */
+            REAL *h_new = FN(state_slot)(states, cfg, s, t, 1);         /* (B, H) */
+            REAL *gx = gates + (long)t * B * G;                         /* (B, 3H) */
+            REAL *y_t = y + (long)t * B * ldy;                          /* (B, ldy) */
+            REAL *rh_or_hn = training ? extra + (long)t * B * H : extra;  /* (B, H) */
+            for (int k = me; k < n_slices; k += team) {
+                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                int hs = j1 - j0;
+                if (hs <= 0) continue;
+                const REAL *w_own = w_packed + 3L * j0 * H;  /* (3hs, H) */
+                REAL *gh_own = gh + 3L * B * j0;             /* (B, 3hs) */
+                if (reset_after) {
+                    FN(cgru_gemm)(0, 1, B, 3 * hs, H, 1, h_prev, H, w_own, H, 0, gh_own, 3 * hs);
+                    FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, rh_or_hn, gh_own, h_prev,
+                                                  b_hn, lengths, t, training, B, H, j0, j1);
+                } else {
+                    FN(cgru_gemm)(0, 1, B, 2 * hs, H, 1, h_prev, H, w_own, H, 0, gh_own, 3 * hs);
+                    FN(gates_forward_rz)(gx, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
+                }
+            }
+            if (!reset_after) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+                /* every thread's r * h_prev is ready: n's GEMM reads all of it */
+                for (int k = me; k < n_slices; k += team) {
+                    int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                    int hs = j1 - j0;
+                    if (hs <= 0) continue;
+                    const REAL *w_own_n = w_packed + 3L * j0 * H + 2L * hs * H;  /* (hs, H) */
+                    REAL *gh_own = gh + 3L * B * j0;
+                    FN(cgru_gemm)(0, 1, B, hs, H, 1, rh_or_hn, H, w_own_n, H, 0, gh_own + 2 * hs,
+                                  3 * hs);
+                    FN(gates_forward_n)(h_new, y_t, ldy, gx, gh_own, h_prev, lengths, t, training,
+                                        B, H, j0, j1);
+                }
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+    }
+
+    const REAL *last = FN(state_slot)(states, cfg, T - 1, cfg->reverse ? 0 : T - 1, 1);
+    memcpy(h_n, last, sizeof(REAL) * B * H);
+    return CGRU_OK;
+}
+
+cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL *dw_ih,
+                                    REAL *dw_hh, REAL *db_ih, REAL *db_hh, const REAL *dy,
+                                    int ldy, const REAL *dh_n, REAL *saved, REAL *scratch,
+                                    const REAL *x, const REAL *w_ih, const REAL *w_hh,
+                                    const int64_t *lengths, const cgru_layer_config *cfg)
+{
+    if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
+    cgru_status st = check_config(cfg);
+    if (st != CGRU_OK) return st;
+    if (!cfg->training) return CGRU_ERR_BAD_DIMS;
+    const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
+    const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;
+    const int reset_after = cfg->reset_after;
+    layer_layout L = layout_of(cfg);
+    REAL *states = saved + L.states;  /* (T+1, B, H) */
+    REAL *gates = saved + L.gates;    /* (T, B, 3H): [r|z|n] in, gate gradients out */
+    REAL *extra = saved + L.extra;    /* (T, B, H): hn or r*h_prev */
+    REAL *dh_a = scratch + L.dh_a, *dh_b = scratch + L.dh_b, *drh = scratch + L.drh;
+
+    if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
+    else memset(dh_a, 0, sizeof(REAL) * B * H);
+    const int n_slices = loop_slices(p, H, ALIGN);
+
+    /* 1. the time loop, against the forward's direction */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_slices)
+#endif
+    {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int me = 0, team = 1;
+#endif
+        REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */
+        for (int s = 0; s < T; s++) {
+            const int t = cfg->reverse ? s : T - 1 - s;
+            const REAL *h_prev = states + (long)(t + cfg->reverse) * B * H;  /* (B, H) */
+            REAL *g_t = gates + (long)t * B * G;                            /* (B, 3H) */
+            REAL *e_t = extra + (long)t * B * H;                            /* (B, H) */
+            const REAL *dy_t = dy ? dy + (long)t * B * ldy : 0;             /* (B, ldy) */
+            for (int k = me; k < n_slices; k += team) {
+                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                if (j1 <= j0) continue;
+                if (reset_after)
+                    FN(gates_backward_reset_after)(dh_prev, g_t, e_t, dh_next, dy_t, ldy, h_prev,
+                                                   lengths, t, B, H, j0, j1);
+                else
+                    FN(gates_backward_zn)(dh_prev, g_t, dh_next, dy_t, ldy, h_prev, lengths, t, B,
+                                          H, j0, j1);
+            }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            if (!reset_after) {
+                /* drh (B, H) = da_n (B, H) W_hn (H, H), then da_r; each thread its own columns */
+                for (int k = me; k < n_slices; k += team) {
+                    int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                    if (j1 <= j0) continue;
+                    FN(cgru_gemm)(0, 0, B, j1 - j0, H, 1, g_t + 2 * H, G, w_hh + 2L * H * H + j0,
+                                  H, 0, drh + j0, H);
+                    FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
+                }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            }
+            /* dh_prev (B, own columns) += [da_r | da_z | dhn] (B, 3H) W_hh (3H, own columns);
+             * reset_after=0 stops at 2H, its n part went through drh above */
+            const int K = reset_after ? G : 2 * H;
+            for (int k = me; k < n_slices; k += team) {
+                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                if (j1 <= j0) continue;
+                FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
+            }
+            if (!reset_after) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            }
+            /* reset_after=1 needs no second barrier: the next step's postgemm touches only this
+             * thread's columns of dh and the next step's rows of gates */
+            REAL *swap = dh_next;
+            dh_next = dh_prev;
+            dh_prev = swap;
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp master
+#endif
+        memcpy(dh0, dh_next, sizeof(REAL) * B * H);
+    }
+
+    /* 2. weight, bias and input gradients: large GEMMs over all T*B rows */
+    const REAL *h_prev_all = states + (long)cfg->reverse * B * H;  /* (T*B, H) */
+    const REAL beta_dx = accumulate_dx ? 1 : 0;
+    if (reset_after) {
+        /* gates hold [da_r | da_z | dhn], extra holds da_n */
+        /* dW_hh (3H, H) += gates^T (3H, TB) h_prev (TB, H) */
+        FN(cgru_gemm_split)(p, 1, 0, G, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
+        /* dW_ih[r, z] (2H, I) += gates[:, :2H]^T x;  dW_ih[n] (H, I) += da_n^T x */
+        FN(cgru_gemm_split)(p, 1, 0, 2 * H, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
+        FN(cgru_gemm_split)(p, 1, 0, H, I, TB, 1, extra, H, x, I, 1, dw_ih + 2L * H * I, I);
+        /* dx (TB, I) = gates[:, :2H] W_ih[r, z] + da_n W_ih[n] */
+        FN(cgru_gemm_split)(p, 0, 0, TB, I, 2 * H, 1, gates, G, w_ih, I, beta_dx, dx, I);
+        FN(cgru_gemm_split)(p, 0, 0, TB, I, H, 1, extra, H, w_ih + 2L * H * I, I, 1, dx, I);
+        if (db_ih) {
+            FN(cgru_colsum_add)(p, db_hh, gates, TB, G, G);
+            FN(cgru_colsum_add)(p, db_ih, gates, TB, 2 * H, G);
+            FN(cgru_colsum_add)(p, db_ih + 2 * H, extra, TB, H, H);
+        }
+    } else {
+        /* gates hold [da_r | da_z | da_n], extra holds r * h_prev */
+        FN(cgru_gemm_split)(p, 1, 0, G, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
+        FN(cgru_gemm_split)(p, 0, 0, TB, I, G, 1, gates, G, w_ih, I, beta_dx, dx, I);
+        /* dW_hh[r, z] += gates[:, :2H]^T h_prev;  dW_hh[n] += da_n^T (r * h_prev) */
+        FN(cgru_gemm_split)(p, 1, 0, 2 * H, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
+        FN(cgru_gemm_split)(p, 1, 0, H, H, TB, 1, gates + 2 * H, G, extra, H, 1,
+                            dw_hh + 2L * H * H, H);
+        if (db_ih) {
+            FN(cgru_colsum_add)(p, db_ih, gates, TB, G, G);
+            FN(cgru_colsum_add)(p, db_hh, gates, TB, G, G);
+        }
+    }
+    return CGRU_OK;
+}
+
+#include "real_end.h"
