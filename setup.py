@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["src_c/blas.c", "src_c/layer.c", "src_c/step.c", "src_c/threads.c"]
+C_SOURCES = ["src_c/activations.c", "src_c/blas.c", "src_c/layer.c", "src_c/step.c", "src_c/threads.c"]
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno"]
 
 

@@ -69,7 +69,9 @@ cdef extern from "cgru.h":
                               const double* const*, const double* const*, const double* const*,
                               int, int, int, int, int) nogil
 
-BUILD_FLAGS = "unknown"
+    void cgru_activations_f32(float*, float*, const float*, long) nogil
+    void cgru_activations_f64(double*, double*, const double*, long) nogil
+
 cdef extern from *:
     """
     #ifndef CGRU_BUILD_FLAGS
@@ -191,10 +193,14 @@ cdef int _check(cgru_status status, str what) except -1:
     raise RuntimeError(f"{what}: unexpected engine status {status}")
 
 
-cdef void *_data(object a, object dtype, Py_ssize_t size, str name) except? NULL:
-    """Pointer to a C-contiguous array of dtype with at least `size` elements, or NULL for None."""
+cdef void *_data(object a, object dtype, Py_ssize_t size, str name,
+                 bint optional=False) except? NULL:
+    """Pointer to a C-contiguous array of dtype with at least `size` elements; NULL for None
+    where the argument is optional."""
     if a is None:
-        return NULL
+        if optional:
+            return NULL
+        raise TypeError(f"engine argument '{name}' is required, got None")
     cdef cnp.ndarray arr = <cnp.ndarray?>a
     if arr.dtype != dtype or not arr.flags.c_contiguous:
         raise TypeError(f"engine argument '{name}' must be a C-contiguous {dtype} array, "
@@ -238,14 +244,14 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef void *psaved = _data(saved, dt, n_saved, "saved")
     cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
     cdef void *px = _data(x, dt, T * B * I, "x")
-    cdef void *ph0 = _data(h0, dt, B * H, "h0")
+    cdef void *ph0 = _data(h0, dt, B * H, "h0", optional=True)
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
     cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
-    cdef void *pb_ih = _data(b_ih, dt, G, "b_ih")
-    cdef void *pb_hh = _data(b_hh, dt, G, "b_hh")
+    cdef void *pb_ih = _data(b_ih, dt, G, "b_ih", optional=True)
+    cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
         raise ValueError("layer_forward: b_ih and b_hh are both given or both None")
-    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths")
+    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths", optional=True)
     cdef cgru_status status
     _blas_threads.enter()
     try:
@@ -285,18 +291,18 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     cdef void *pdh0 = _data(dh0, dt, B * H, "dh0")
     cdef void *pdw_ih = _data(dw_ih, dt, G * I, "dw_ih")
     cdef void *pdw_hh = _data(dw_hh, dt, G * H, "dw_hh")
-    cdef void *pdb_ih = _data(db_ih, dt, G, "db_ih")
-    cdef void *pdb_hh = _data(db_hh, dt, G, "db_hh")
+    cdef void *pdb_ih = _data(db_ih, dt, G, "db_ih", optional=True)
+    cdef void *pdb_hh = _data(db_hh, dt, G, "db_hh", optional=True)
     if (pdb_ih == NULL) != (pdb_hh == NULL):
         raise ValueError("layer_backward: db_ih and db_hh are both given or both None")
     cdef void *pdy = _data(dy, dt, T * B * ldy, "dy")
-    cdef void *pdh_n = _data(dh_n, dt, B * H, "dh_n")
+    cdef void *pdh_n = _data(dh_n, dt, B * H, "dh_n", optional=True)
     cdef void *psaved = _data(saved, dt, n_saved, "saved")
     cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
     cdef void *px = _data(x, dt, T * B * I, "x")
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
     cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
-    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths")
+    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths", optional=True)
     cdef cgru_status status
     _blas_threads.enter()
     try:
@@ -364,3 +370,20 @@ def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_
     finally:
         _blas_threads.leave()
     _check(status, "step")
+
+
+def activations(x):
+    """(sigmoid(x), tanh(x)) as the engine computes them, for a float32 or float64 array."""
+    x = np.ascontiguousarray(x)
+    sig = np.empty_like(x)
+    tan = np.empty_like(x)
+    cdef long n = x.size
+    if x.dtype == np.float32:
+        cgru_activations_f32(<float*>cnp.PyArray_DATA(sig), <float*>cnp.PyArray_DATA(tan),
+                             <float*>cnp.PyArray_DATA(x), n)
+    elif x.dtype == np.float64:
+        cgru_activations_f64(<double*>cnp.PyArray_DATA(sig), <double*>cnp.PyArray_DATA(tan),
+                             <double*>cnp.PyArray_DATA(x), n)
+    else:
+        raise TypeError(f"activations: dtype must be float32 or float64, got {x.dtype}")
+    return sig, tan

@@ -119,4 +119,9 @@ cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
                           const double *const *b_ih, const double *const *b_hh, int L, int B,
                           int I0, int H, int reset_after);
 
+/* ---- The activations the engine uses, over an array (activations.c; for tests) ------------- */
+
+void cgru_activations_f32(float *sigmoid_out, float *tanh_out, const float *x, long n);
+void cgru_activations_f64(double *sigmoid_out, double *tanh_out, const double *x, long n);
+
 #endif /* CGRU_H */
