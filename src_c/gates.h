@@ -27,7 +27,9 @@ static inline float cgru_expf(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    /* n = round(x / ln 2): adding and subtracting 1.5 * 2^23 rounds to an integer without a
+     * rounding instruction (the compiler may not fold it: no -ffast-math) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     /* r = x - n ln2, with ln2 split in two so that n * ln2_hi is exact */
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -64,6 +66,18 @@ static inline int cgru_step_active(const int64_t *lengths, int b, int t)
 {
     return lengths == 0 || t < lengths[b];
 }
+
+/*
+ * The kernels are compiled for several instruction sets and the best one the CPU has is picked at
+ * load time (GCC's target_clones on x86-64 Linux), so the default build stays portable and still
+ * runs AVX2 or AVX-512 where available. Elsewhere they compile once for the default target.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(CGRU_NO_MULTIVERSION)
+#define CGRU_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static
+#else
+#define CGRU_KERNEL static
+#endif
 
 #define CGRU_DOUBLE 0
 #include "gates_impl.h"

@@ -16,44 +16,55 @@
  *   r = sigmoid(gx_r + gh_r)      z = sigmoid(gx_z + gh_z)
  *   hn = gh_n + b_hn              n = tanh(gx_n + r * hn)
  *   h_new = (1 - z) n + z h_prev = n + z (h_prev - n)
- * h_new (B, H); y (B, ldy) or NULL; gx (B, 3H); gh (B, 3hs); h_prev (B, H); b_hn (H) or NULL.
+ * h_new (B, H); y (B, ldy); gx (B, 3H); gh (B, 3hs); h_prev (B, H); b_hn (H), zeros without bias.
  * keep: write [r|z|n] over gx and hn into hn_keep (B, H), for backward.
  */
-static inline void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, REAL *gx,
-                                                 REAL *hn_keep, const REAL *gh,
-                                                 const REAL *h_prev, const REAL *b_hn,
-                                                 const int64_t *lengths, int t, int keep, int B,
-                                                 int H, int j0, int j1)
+CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, REAL *gx,
+                                               REAL *hn_keep, const REAL *gh, const REAL *h_prev,
+                                               const REAL *b_hn, const int64_t *lengths, int t,
+                                               int keep, int B, int H, int j0, int j1)
 {
     int hs = j1 - j0;
     for (int b = 0; b < B; b++) {
         REAL *restrict hb = h_new + (long)b * H;
         const REAL *restrict hp = h_prev + (long)b * H;
-        REAL *restrict yb = y ? y + (long)b * ldy : 0;
+        REAL *restrict yb = y + (long)b * ldy;
         if (!cgru_step_active(lengths, b, t)) {
-            for (int j = j0; j < j1; j++) hb[j] = hp[j];
-            if (yb) for (int j = j0; j < j1; j++) yb[j] = 0;
+            for (int j = j0; j < j1; j++) {
+                hb[j] = hp[j];
+                yb[j] = 0;
+            }
             if (keep) for (int j = j0; j < j1; j++) hn_keep[(long)b * H + j] = 0;
             continue;
         }
         REAL *restrict xr = gx + (long)b * 3 * H, *restrict xz = xr + H, *restrict xn = xz + H;
         const REAL *restrict hr = gh + (long)b * 3 * hs - j0, *restrict hz = hr + hs,
                              *restrict hnn = hz + hs;
-        REAL *restrict keep_hn = keep ? hn_keep + (long)b * H : 0;
+        if (keep) {
+            REAL *restrict keep_hn = hn_keep + (long)b * H;
 #pragma omp simd
-        for (int j = j0; j < j1; j++) {
-            REAL r = SIGMOID(xr[j] + hr[j]);
-            REAL z = SIGMOID(xz[j] + hz[j]);
-            REAL hn = hnn[j] + (b_hn ? b_hn[j] : 0);
-            REAL n = TANH(xn[j] + r * hn);
-            REAL h = n + z * (hp[j] - n);
-            hb[j] = h;
-            if (yb) yb[j] = h;
-            if (keep) {
+            for (int j = j0; j < j1; j++) {
+                REAL r = SIGMOID(xr[j] + hr[j]);
+                REAL z = SIGMOID(xz[j] + hz[j]);
+                REAL hn = hnn[j] + b_hn[j];
+                REAL n = TANH(xn[j] + r * hn);
+                REAL h = n + z * (hp[j] - n);
+                hb[j] = h;
+                yb[j] = h;
                 xr[j] = r;
                 xz[j] = z;
                 xn[j] = n;
                 keep_hn[j] = hn;
+            }
+        } else {
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                REAL r = SIGMOID(xr[j] + hr[j]);
+                REAL z = SIGMOID(xz[j] + hz[j]);
+                REAL n = TANH(xn[j] + r * (hnn[j] + b_hn[j]));
+                REAL h = n + z * (hp[j] - n);
+                hb[j] = h;
+                yb[j] = h;
             }
         }
     }
@@ -65,7 +76,7 @@ static inline void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, 
  * r and z overwrite their pre-activations in gh (and in gx when keep); rh (B, H) feeds the
  * second GEMM, rh W_hn^T.
  */
-static inline void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL *h_prev,
+CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL *h_prev,
                                         int keep, int B, int H, int j0, int j1)
 {
     int hs = j1 - j0;
@@ -81,9 +92,11 @@ static inline void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL
             hr[j] = r;
             hz[j] = z;
             rhb[j] = r * hp[j];
-            if (keep) {
-                xr[j] = r;
-                xz[j] = z;
+        }
+        if (keep) {
+            for (int j = j0; j < j1; j++) {
+                xr[j] = hr[j];
+                xz[j] = hz[j];
             }
         }
     }
@@ -91,9 +104,9 @@ static inline void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL
 
 /*
  * reset_after=0, second half: n = tanh(gx_n + gh_n), h_new = n + z (h_prev - n), with gh_n the
- * thread's block of rh W_hn^T and z from the first half. keep: n overwrites gx_n.
+ * thread's block of rh W_hn^T and z from the first half. keep: n overwrites gx_n. y (B, ldy).
  */
-static inline void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, const REAL *gh,
+CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, const REAL *gh,
                                        const REAL *h_prev, const int64_t *lengths, int t, int keep,
                                        int B, int H, int j0, int j1)
 {
@@ -101,10 +114,12 @@ static inline void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, 
     for (int b = 0; b < B; b++) {
         REAL *restrict hb = h_new + (long)b * H;
         const REAL *restrict hp = h_prev + (long)b * H;
-        REAL *restrict yb = y ? y + (long)b * ldy : 0;
+        REAL *restrict yb = y + (long)b * ldy;
         if (!cgru_step_active(lengths, b, t)) {
-            for (int j = j0; j < j1; j++) hb[j] = hp[j];
-            if (yb) for (int j = j0; j < j1; j++) yb[j] = 0;
+            for (int j = j0; j < j1; j++) {
+                hb[j] = hp[j];
+                yb[j] = 0;
+            }
             continue;
         }
         REAL *restrict xn = gx + (long)b * 3 * H + 2 * H;
@@ -112,11 +127,12 @@ static inline void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, 
 #pragma omp simd
         for (int j = j0; j < j1; j++) {
             REAL n = TANH(xn[j] + hnn[j]);
-            REAL h = n + hz[j] * (hp[j] - n);
-            hb[j] = h;
-            if (yb) yb[j] = h;
-            if (keep) xn[j] = n;
+            yb[j] = n;
+            hb[j] = n + hz[j] * (hp[j] - n);
         }
+        /* yb held n for a moment: keep it, then make it the output */
+        if (keep) for (int j = j0; j < j1; j++) xn[j] = yb[j];
+        for (int j = j0; j < j1; j++) yb[j] = hb[j];
     }
 }
 
@@ -131,9 +147,9 @@ static inline void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, 
  *   dhn  = da_n r                 (gradient of hn = W_hn h + b_hn)
  *   dh_prev = dh z + [da_r | da_z | dhn] W_hh   (the GEMM runs after this kernel)
  * gates (B, 3H): in [r|z|n], out [da_r|da_z|dhn]; extra (B, H): in hn, out da_n.
- * dh_prev (B, H) gets dh z (or dh for finished sequences); dy (B, ldy) or NULL.
+ * dh_prev (B, H) gets dh z (or dh for finished sequences); dy (B, ldy).
  */
-static inline void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, REAL *extra,
+CGRU_KERNEL void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, REAL *extra,
                                                   const REAL *dh_next, const REAL *dy, int ldy,
                                                   const REAL *h_prev, const int64_t *lengths, int t,
                                                   int B, int H, int j0, int j1)
@@ -150,11 +166,11 @@ static inline void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, RE
             }
             continue;
         }
-        const REAL *restrict dyb = dy ? dy + (long)b * ldy : 0;
+        const REAL *restrict dyb = dy + (long)b * ldy;
         const REAL *restrict hp = h_prev + (long)b * H;
 #pragma omp simd
         for (int j = j0; j < j1; j++) {
-            REAL dh = dhn_in[j] + (dyb ? dyb[j] : 0);
+            REAL dh = dhn_in[j] + dyb[j];
             REAL r = gr[j], z = gz[j], n = gn[j], hn = ex[j];
             REAL da_n = dh * (1 - z) * (1 - n * n);
             REAL da_z = dh * (hp[j] - n) * z * (1 - z);
@@ -175,7 +191,7 @@ static inline void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, RE
  * dh_prev (B, H) gets dh z (or dh for finished sequences).
  * Between the halves a GEMM forms drh = da_n W_hn, the gradient of r * h_prev.
  */
-static inline void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL *dh_next,
+CGRU_KERNEL void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL *dh_next,
                                          const REAL *dy, int ldy, const REAL *h_prev,
                                          const int64_t *lengths, int t, int B, int H, int j0,
                                          int j1)
@@ -191,11 +207,11 @@ static inline void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL 
             }
             continue;
         }
-        const REAL *restrict dyb = dy ? dy + (long)b * ldy : 0;
+        const REAL *restrict dyb = dy + (long)b * ldy;
         const REAL *restrict hp = h_prev + (long)b * H;
 #pragma omp simd
         for (int j = j0; j < j1; j++) {
-            REAL dh = dhn_in[j] + (dyb ? dyb[j] : 0);
+            REAL dh = dhn_in[j] + dyb[j];
             REAL z = gz[j], n = gn[j];
             gz[j] = dh * (hp[j] - n) * z * (1 - z);
             gn[j] = dh * (1 - z) * (1 - n * n);
@@ -209,7 +225,7 @@ static inline void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL 
  *   da_r = drh h_prev r (1 - r)       dh_prev += drh r
  * gates (B, 3H): r becomes da_r (0 for finished sequences, whose drh is 0 already).
  */
-static inline void FN(gates_backward_r)(REAL *dh_prev, REAL *gates, const REAL *drh,
+CGRU_KERNEL void FN(gates_backward_r)(REAL *dh_prev, REAL *gates, const REAL *drh,
                                         const REAL *h_prev, const int64_t *lengths, int t, int B,
                                         int H, int j0, int j1)
 {

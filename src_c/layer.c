@@ -28,7 +28,7 @@
 /* Offsets, in elements, of the named regions of the saved and scratch buffers. */
 typedef struct {
     size_t states, gates, extra, saved_total;
-    size_t w_packed, gh, bias, dh_a, dh_b, drh, scratch_total;
+    size_t w_packed, gh, bias, hn_bias, dh_a, dh_b, drh, scratch_total;
 } layer_layout;
 
 static size_t pad(size_t n) { return (n + 15) / 16 * 16; }
@@ -45,7 +45,8 @@ static layer_layout layout_of(const cgru_layer_config *c)
     L.w_packed = 0;
     L.gh = L.w_packed + pad(3 * H * H);                   /* (3H, H) */
     L.bias = L.gh + pad(B * 3 * H);                       /* (B, 3H) */
-    L.dh_a = L.bias + pad(3 * H);                         /* (3H) */
+    L.hn_bias = L.bias + pad(3 * H);                      /* (3H) */
+    L.dh_a = L.hn_bias + pad(H);                          /* (H) */
     L.dh_b = L.dh_a + pad(B * H);                         /* (B, H) */
     L.drh = L.dh_b + pad(B * H);                          /* (B, H) */
     L.scratch_total = L.drh + pad(B * H);                 /* (B, H) */

@@ -57,7 +57,8 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     /* 2. pack W_hh by slices */
     const int n_slices = loop_slices(p, H, ALIGN);
     FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
-    const REAL *b_hn = b_hh ? b_hh + 2 * H : 0;
+    REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
+    for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
 
     /* 3. h0 into the first slot */
     REAL *first = FN(state_slot)(states, cfg, 0, cfg->reverse ? T - 1 : 0, 0);
