@@ -83,6 +83,9 @@ cdef extern from *:
 BUILD_FLAGS = cgru_build_flags.decode()
 
 MAX_LAYERS = 64
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_INT64 = np.dtype(np.int64)
 
 
 # ---- BLAS from SciPy -----------------------------------------------------------------------------
@@ -196,16 +199,20 @@ cdef int _check(cgru_status status, str what) except -1:
 cdef void *_data(object a, object dtype, Py_ssize_t size, str name,
                  bint optional=False) except? NULL:
     """Pointer to a C-contiguous array of dtype with at least `size` elements; NULL for None
-    where the argument is optional."""
+    where the argument is optional. Checked through NumPy's C API: this runs on every step()."""
     if a is None:
         if optional:
             return NULL
         raise TypeError(f"engine argument '{name}' is required, got None")
-    cdef cnp.ndarray arr = <cnp.ndarray?>a
-    if arr.dtype != dtype or not arr.flags.c_contiguous:
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"engine argument '{name}' must be a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int want = cnp.NPY_FLOAT if dtype is _FLOAT32 else (
+        cnp.NPY_DOUBLE if dtype is _FLOAT64 else cnp.NPY_INT64)
+    if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise TypeError(f"engine argument '{name}' must be a C-contiguous {dtype} array, "
                         f"got {arr.dtype} (C-contiguous: {arr.flags.c_contiguous})")
-    if arr.size < size:
+    if cnp.PyArray_SIZE(arr) < size:
         raise ValueError(f"engine argument '{name}' needs {size} elements, got {arr.size}")
     return cnp.PyArray_DATA(arr)
 
@@ -237,7 +244,7 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, training, n_threads)
     cdef size_t n_saved = 0, n_scratch = 0
     _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_forward")
-    dt = x.dtype
+    dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
     cdef Py_ssize_t G = 3 * H
     cdef void *py = _data(y, dt, T * B * ldy, "y")
     cdef void *ph_n = _data(h_n, dt, B * H, "h_n")
@@ -251,17 +258,17 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
         raise ValueError("layer_forward: b_ih and b_hh are both given or both None")
-    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths", optional=True)
+    cdef void *plengths = _data(lengths, _INT64, B, "lengths", optional=True)
     cdef cgru_status status
     _blas_threads.enter()
     try:
-        if dt == np.float32:
+        if dt is _FLOAT32:
             with nogil:
                 status = cgru_layer_forward_f32(
                     <float*>py + column, ldy, <float*>ph_n, <float*>psaved, <float*>pscratch,
                     <float*>px, <float*>ph0, <float*>pw_ih, <float*>pw_hh, <float*>pb_ih,
                     <float*>pb_hh, <int64_t*>plengths, &c)
-        elif dt == np.float64:
+        elif dt is _FLOAT64:
             with nogil:
                 status = cgru_layer_forward_f64(
                     <double*>py + column, ldy, <double*>ph_n, <double*>psaved, <double*>pscratch,
@@ -285,7 +292,7 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, True, n_threads)
     cdef size_t n_saved = 0, n_scratch = 0
     _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_backward")
-    dt = x.dtype
+    dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
     cdef Py_ssize_t G = 3 * H
     cdef void *pdx = _data(dx, dt, T * B * I, "dx")
     cdef void *pdh0 = _data(dh0, dt, B * H, "dh0")
@@ -302,18 +309,18 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     cdef void *px = _data(x, dt, T * B * I, "x")
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
     cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
-    cdef void *plengths = _data(lengths, np.dtype(np.int64), B, "lengths", optional=True)
+    cdef void *plengths = _data(lengths, _INT64, B, "lengths", optional=True)
     cdef cgru_status status
     _blas_threads.enter()
     try:
-        if dt == np.float32:
+        if dt is _FLOAT32:
             with nogil:
                 status = cgru_layer_backward_f32(
                     <float*>pdx, accumulate_dx, <float*>pdh0, <float*>pdw_ih, <float*>pdw_hh,
                     <float*>pdb_ih, <float*>pdb_hh, <float*>pdy + column, ldy, <float*>pdh_n,
                     <float*>psaved, <float*>pscratch, <float*>px, <float*>pw_ih, <float*>pw_hh,
                     <int64_t*>plengths, &c)
-        elif dt == np.float64:
+        elif dt is _FLOAT64:
             with nogil:
                 status = cgru_layer_backward_f64(
                     <double*>pdx, accumulate_dx, <double*>pdh0, <double*>pdw_ih, <double*>pdw_hh,
@@ -332,7 +339,7 @@ def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_
     cdef int L = len(w_hh), B = x.shape[0], I = x.shape[1], H = h_in.shape[2]
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
-    dt = x.dtype
+    dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
     cdef const void *wi[64]
     cdef const void *wh[64]
     cdef const void *bi[64]
@@ -351,14 +358,14 @@ def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_
     cdef cgru_status status
     _blas_threads.enter()
     try:
-        if dt == np.float32:
+        if dt is _FLOAT32:
             with nogil:
                 status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
                                        <const float* const*>wi, <const float* const*>wh,
                                        <const float* const*>bi if has_bias else NULL,
                                        <const float* const*>bh if has_bias else NULL,
                                        L, B, I, H, reset_after)
-        elif dt == np.float64:
+        elif dt is _FLOAT64:
             with nogil:
                 status = cgru_step_f64(<double*>pout, <double*>pin, <double*>px,
                                        <const double* const*>wi, <const double* const*>wh,

@@ -79,6 +79,8 @@ class GRU:
                         continue
                     self.params[name] = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        # step(): parameter names by kind (weight_ih, weight_hh, bias_ih, bias_hh), layer by layer
+        self._step_names = list(zip(*[self._names(layer, 0) for layer in range(self.num_layers)]))
 
     # ---- PyTorch-style housekeeping -------------------------------------------------------------
 
@@ -378,10 +380,11 @@ class GRU:
                 out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError(f"out must be a writeable C-contiguous {self.dtype} array of shape "
                              f"{h.shape}")
-        params = self.params
-        names = [self._names(layer, 0) for layer in range(L)]
-        _engine.step(out, np.ascontiguousarray(h3), np.ascontiguousarray(x2),
-                     [params[n[0]] for n in names], [params[n[1]] for n in names],
-                     [params[n[2]] for n in names] if self.bias else None,
-                     [params[n[3]] for n in names] if self.bias else None, self.reset_after)
+        p = self.params
+        names = self._step_names
+        _engine.step(out, h3 if h3.flags.c_contiguous else np.ascontiguousarray(h3),
+                     x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2),
+                     [p[n] for n in names[0]], [p[n] for n in names[1]],
+                     [p[n] for n in names[2]] if self.bias else None,
+                     [p[n] for n in names[3]] if self.bias else None, self.reset_after)
         return out

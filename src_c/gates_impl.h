@@ -136,6 +136,48 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, co
     }
 }
 
+/* ---- small products for one step at a small batch (step.c) ---------------------------------- */
+
+/*
+ * out (B, N) = beta * out + in (B, K) W (N, K)^T, one dot product per output, for the batch sizes
+ * of online use where a BLAS call costs more than the arithmetic.
+ */
+CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, const REAL *in, const REAL *w, int B, int N, int K,
+                                     int accumulate)
+{
+    for (int b = 0; b < B; b++) {
+        const REAL *restrict v = in + (long)b * K;
+        REAL *restrict o = out + (long)b * N;
+        int n = 0;
+        /* eight rows at a time: eight independent accumulators hide the FMA latency */
+        for (; n + 8 <= N; n += 8) {
+            const REAL *restrict w0 = w + (long)n * K;
+            REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5, a6, a7)
+            for (int k = 0; k < K; k++) {
+                REAL vk = v[k];
+                a0 += w0[k] * vk;
+                a1 += w0[K + k] * vk;
+                a2 += w0[2 * K + k] * vk;
+                a3 += w0[3 * K + k] * vk;
+                a4 += w0[4 * K + k] * vk;
+                a5 += w0[5 * K + k] * vk;
+                a6 += w0[6 * K + k] * vk;
+                a7 += w0[7 * K + k] * vk;
+            }
+            REAL acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            for (int i = 0; i < 8; i++) o[n + i] = accumulate ? o[n + i] + acc[i] : acc[i];
+        }
+        for (; n < N; n++) {
+            const REAL *restrict row = w + (long)n * K;
+            REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (int k = 0; k < K; k++) acc += row[k] * v[k];
+            o[n] = accumulate ? o[n] + acc : acc;
+        }
+    }
+}
+
 /* ---- backward -------------------------------------------------------------------------------- */
 
 /*

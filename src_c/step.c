@@ -16,6 +16,8 @@
 
 /* Scratch up to this many elements lives on the stack; larger steps allocate once per call. */
 #define STEP_STACK_ELEMS 8192
+/* Batches up to this size use the hand-written product (gates.h) instead of a BLAS call. */
+#define STEP_SMALL_BATCH 4
 
 #define CGRU_DOUBLE 0
 #include "step_impl.h"

@@ -1,6 +1,16 @@
 /* Typed body of step.c, included once per dtype (see real_begin.h). */
 #include "real_begin.h"
 
+/* C (B, N) = beta C + A (B, K) W (N, K)^T: hand-written below SMALL_BATCH rows, BLAS above */
+static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *W, int B, int N,
+                            int K, int accumulate)
+{
+    if (B <= STEP_SMALL_BATCH && ldc == N && lda == K)
+        FN(small_matmul_wt)(C, A, W, B, N, K, accumulate);
+    else
+        FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, accumulate ? 1 : 0, C, ldc);
+}
+
 cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
                           const REAL *const *w_hh, const REAL *const *b_ih,
                           const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after)
@@ -29,14 +39,14 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
                 for (int g = 0; g < G; g++)
                     gx[(long)b * G + g] = bi[g] + ((g < 2 * H || !reset_after) ? bh[g] : 0);
         }
-        FN(cgru_gemm)(0, 1, B, G, I, 1, in, I, w_ih[l], I, bi ? 1 : 0, gx, G);
+        FN(step_matmul)(gx, G, in, I, w_ih[l], B, G, I, bi != 0);
         /* 2, 3. recurrent GEMM(s) and postgemm, into h_new so that h_out may alias h_in */
         if (reset_after) {
-            FN(cgru_gemm)(0, 1, B, G, H, 1, h_prev, H, w_hh[l], H, 0, gh, G);
+            FN(step_matmul)(gh, G, h_prev, H, w_hh[l], B, G, H, 0);
             FN(gates_forward_reset_after)(h_new, y, H, gx, 0, gh, h_prev, b_hn, 0, 0, 0, B, H, 0,
                                           H);
         } else {
-            FN(cgru_gemm)(0, 1, B, 2 * H, H, 1, h_prev, H, w_hh[l], H, 0, gh, G);
+            FN(cgru_gemm)(0, 1, B, 2 * H, H, 1, h_prev, H, w_hh[l], H, 0, gh, G);  /* gh rows have stride 3H */
             FN(gates_forward_rz)(gx, gh, rh, h_prev, 0, B, H, 0, H);
             FN(cgru_gemm)(0, 1, B, H, H, 1, rh, H, w_hh[l] + 2L * H * H, H, 0, gh + 2 * H, G);
             FN(gates_forward_n)(h_new, y, H, gx, gh, h_prev, 0, 0, 0, B, H, 0, H);
