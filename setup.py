@@ -16,7 +16,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 C_SOURCES = ["src_c/activations.c", "src_c/blas.c", "src_c/layer.c", "src_c/step.c", "src_c/threads.c"]
-BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno"]
+# -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which stops GCC from vectorising the
+# kernels' index arithmetic (measured: 5x slower step())
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-wrapv"]
 
 
 def _compiles_with(compiler, flags):
