@@ -1,0 +1,124 @@
+"""Side-by-side GRU benchmarks: cgru, the NumPy reference and every installed peer.
+
+    python -m pytest bench                       # the timings
+    python bench/report.py                       # the same run, tabulated into BENCHMARKS.md
+
+One group per configuration and pass. Each result's extra_info carries GFLOP/s and the fraction
+of SciPy's sgemm throughput measured in the same session.
+"""
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg.blas
+
+import cgru
+from peers import THREADS, Cgru, Torch, available_peers, installed
+
+# (T, B, I, H, layers, bidirectional)
+CONFIGS = [
+    (100, 64, 128, 256, 1, False),
+    (50, 128, 512, 512, 1, False),
+    (200, 8, 64, 128, 1, False),
+    (1000, 1, 32, 128, 1, False),
+    (100, 32, 64, 128, 2, True),
+    (70, 24, 100, 300, 1, False),
+]
+ROUNDS = {"forward": 7, "train": 5}
+
+
+def config_id(c):
+    T, B, I, H, L, bi = c
+    return f"T{T}-B{B}-I{I}-H{H}" + (f"-L{L}" if L > 1 else "") + ("-bi" if bi else "")
+
+
+def flops(config, training):
+    """2*T*B*3H*(I+H) per layer and direction for the forward; training counts 3x."""
+    T, B, I, H, L, bi = config
+    D = 2 if bi else 1
+    total = sum(2 * T * B * 3 * H * ((I if layer == 0 else D * H) + H) * D for layer in range(L))
+    return total * (3 if training else 1)
+
+
+@pytest.fixture(scope="session")
+def sgemm_gflops():
+    """SciPy's sgemm throughput here, with the benchmark's thread count (OpenBLAS's own)."""
+    from threadpoolctl import threadpool_limits
+    n = 1024
+    a = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    times = []
+    with threadpool_limits(THREADS, user_api="blas"):
+        scipy.linalg.blas.sgemm(1.0, a, a)
+        for _ in range(9):
+            t = time.perf_counter()
+            scipy.linalg.blas.sgemm(1.0, a, a)
+            times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
+def _build(peer, config):
+    try:
+        return peer(*config[:4], layers=config[4], bidirectional=config[5])
+    except (ImportError, NotImplementedError) as e:
+        pytest.skip(f"{peer.name}: {e}")
+
+
+@pytest.mark.parametrize("peer", available_peers(), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("pass_name", ["forward", "train"])
+def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
+    impl = _build(peer, config)
+    fn = impl.forward if pass_name == "forward" else impl.train_step
+    if fn is None:
+        pytest.skip(f"{peer.name} has no backward")
+    if peer.name == "numpy reference" and pass_name == "train" and config[0] * config[3] > 60000:
+        pytest.skip("the NumPy reference's training step is too slow for this configuration")
+    benchmark.group = f"{config_id(config)} {pass_name}"
+    benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
+    gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
+                                pass_name=pass_name, gflops=gflops,
+                                sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
+                                threads=THREADS)
+
+
+STREAM_T, STREAM_I, STREAM_H = 1000, 32, 128
+
+
+@pytest.mark.parametrize("implementation", ["cgru step()", "cgru whole sequence", "torch GRUCell"])
+def test_streaming(benchmark, implementation, sgemm_gflops):
+    """A sequence fed one time step per call (B = 1), against one call for the whole sequence."""
+    x = np.random.default_rng(0).standard_normal((STREAM_T, 1, STREAM_I)).astype(np.float32)
+    if implementation.startswith("cgru"):
+        cgru.set_num_threads(THREADS)
+        gru = cgru.GRU(STREAM_I, STREAM_H, seed=0).eval()
+        h = np.zeros((1, 1, STREAM_H), np.float32)
+        if implementation == "cgru step()":
+            def run():
+                for t in range(STREAM_T):
+                    gru.step(x[t], h, out=h)
+        else:
+            def run():
+                gru(x)
+    else:
+        if not installed("torch"):
+            pytest.skip("torch is not installed")
+        import torch
+        torch.set_num_threads(THREADS)
+        cell = torch.nn.GRUCell(STREAM_I, STREAM_H)
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.no_grad():
+                h = torch.zeros(1, STREAM_H)
+                for t in range(STREAM_T):
+                    h = cell(xt[t], h)
+    benchmark.group = f"streaming T{STREAM_T}-B1-I{STREAM_I}-H{STREAM_H}"
+    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    per_step_us = benchmark.stats.stats.median / STREAM_T * 1e6
+    config = (STREAM_T, 1, STREAM_I, STREAM_H, 1, False)
+    gflops = flops(config, False) / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(implementation=implementation, config=benchmark.group,
+                                pass_name="streaming", per_step_us=per_step_us, gflops=gflops,
+                                sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
+                                threads=THREADS)
