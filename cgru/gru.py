@@ -241,7 +241,7 @@ class GRU:
         h_n = np.empty((L * D, B, H), self.dtype)
         layer_input = x.copy() if training else x  # a user may change x before backward
         context = {"layers": [], "lengths": lengths, "shape": (T, B), "unbatched": unbatched,
-                   "workspace": workspace}
+                   "scratch": scratch}
         offset = 0
         for layer in range(L):
             y = np.empty((T, B, D * H), self.dtype)
@@ -312,11 +312,7 @@ class GRU:
         self._spent_context = True
 
         n_threads = _engine.get_num_threads()
-        workspace = context["workspace"]
-        scratch_size = max(_engine.layer_workspace_size(T, B, layer_input.shape[2], H,
-                                                        self.reset_after, True)[1]
-                           for layer_input, _, _ in context["layers"])
-        scratch = workspace[workspace.size - scratch_size:]
+        scratch = context["scratch"]
         dh0 = np.empty((L * D, B, H), self.dtype)
         for layer in range(L - 1, -1, -1):
             layer_input, saved_blocks, _ = context["layers"][layer]

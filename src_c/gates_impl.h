@@ -124,15 +124,24 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, co
         }
         REAL *restrict xn = gx + (long)b * 3 * H + 2 * H;
         const REAL *restrict hz = gh + (long)b * 3 * hs - j0 + hs, *restrict hnn = hz + hs;
+        if (keep) {
 #pragma omp simd
-        for (int j = j0; j < j1; j++) {
-            REAL n = TANH(xn[j] + hnn[j]);
-            yb[j] = n;
-            hb[j] = n + hz[j] * (hp[j] - n);
+            for (int j = j0; j < j1; j++) {
+                REAL n = TANH(xn[j] + hnn[j]);
+                REAL h = n + hz[j] * (hp[j] - n);
+                hb[j] = h;
+                yb[j] = h;
+                xn[j] = n;
+            }
+        } else {
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                REAL n = TANH(xn[j] + hnn[j]);
+                REAL h = n + hz[j] * (hp[j] - n);
+                hb[j] = h;
+                yb[j] = h;
+            }
         }
-        /* yb held n for a moment: keep it, then make it the output */
-        if (keep) for (int j = j0; j < j1; j++) xn[j] = yb[j];
-        for (int j = j0; j < j1; j++) yb[j] = hb[j];
     }
 }
 
