@@ -1,6 +1,10 @@
-"""cgru: a fast CPU engine for GRU networks, with the API of torch.nn.GRU on NumPy arrays."""
+"""cgru: a fast CPU engine for GRU networks, with the API of torch.nn.GRU on NumPy arrays,
+and Keras-style models (`cgru.Sequential`, `cgru.layers`, ...) for training on it."""
 from . import _engine
+from . import callbacks, initializers, layers, losses, metrics, optimizers, schedules
 from .gru import GRU, get_num_threads, set_num_threads
+from .models import Sequential, load_model
+from . import models
 
 __version__ = "0.1.0"
 
@@ -17,4 +21,6 @@ def info():
     }
 
 
-__all__ = ["GRU", "get_num_threads", "set_num_threads", "info", "__version__"]
+__all__ = ["GRU", "Sequential", "load_model", "get_num_threads", "set_num_threads", "info",
+           "__version__", "callbacks", "initializers", "layers", "losses", "metrics", "models",
+           "optimizers", "schedules"]

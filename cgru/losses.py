@@ -1,0 +1,193 @@
+"""Losses with Keras's names and reductions, each with its gradient.
+
+A loss is called as `loss(y_true, y_pred)` and returns a float; `loss.gradient(y_true, y_pred)`
+returns d loss / d y_pred with y_pred's shape. Outputs are (batch, units) or, for sequences,
+(batch, time, units); the loss averages over every position (batch and time) and, for the
+element-wise losses, over units too, as Keras does.
+"""
+import numpy as np
+
+# Keras clips probabilities into [EPSILON, 1 - EPSILON] before taking logs.
+EPSILON = 1e-7
+
+
+def _check_pair(y_true, y_pred, name):
+    y_pred = np.asarray(y_pred)
+    y_true = np.asarray(y_true)
+    if y_true.shape != y_pred.shape and y_pred.shape[-1:] == (1,) \
+            and y_true.shape == y_pred.shape[:-1]:
+        y_true = y_true[..., None]  # targets (N,) for outputs (N, 1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{name}: y_true must have the model output's shape {y_pred.shape}, "
+                         f"got {y_true.shape}")
+    return y_true.astype(y_pred.dtype, copy=False), y_pred
+
+
+class Loss:
+    name = "loss"
+
+    def __call__(self, y_true, y_pred):
+        y_true, y_pred = self._prepare(y_true, y_pred)
+        return float(np.sum(self._pointwise(y_true, y_pred)) / self._count(y_pred))
+
+    def gradient(self, y_true, y_pred):
+        y_true, y_pred = self._prepare(y_true, y_pred)
+        return (self._pointwise_gradient(y_true, y_pred) / self._count(y_pred)).astype(
+            y_pred.dtype, copy=False)
+
+    def _prepare(self, y_true, y_pred):
+        return _check_pair(y_true, y_pred, self.name)
+
+    def _count(self, y_pred):
+        return y_pred.size  # element-wise losses: mean over every element
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def _pointwise(self, y, p):
+        return (p - y) ** 2
+
+    # d/dp (p - y)^2 = 2 (p - y)
+    def _pointwise_gradient(self, y, p):
+        return 2.0 * (p - y)
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def _pointwise(self, y, p):
+        return np.abs(p - y)
+
+    # d/dp |p - y| = sign(p - y)   (0 at p == y)
+    def _pointwise_gradient(self, y, p):
+        return np.sign(p - y)
+
+
+class BinaryCrossentropy(Loss):
+    """-(y log p + (1 - y) log(1 - p)); with from_logits=True, p = sigmoid(logit), computed stably."""
+
+    name = "binary_crossentropy"
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def _pointwise(self, y, p):
+        if self.from_logits:
+            # log(1 + e^-|x|) + max(x, 0) - x y: never overflows
+            return np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
+        q = np.clip(p, EPSILON, 1 - EPSILON)
+        return -(y * np.log(q) + (1 - y) * np.log(1 - q))
+
+    def _pointwise_gradient(self, y, p):
+        if self.from_logits:
+            # d/dx = sigmoid(x) - y
+            return 0.5 * (1 + np.tanh(0.5 * p)) - y
+        inside = (p > EPSILON) & (p < 1 - EPSILON)
+        q = np.clip(p, EPSILON, 1 - EPSILON)
+        # d/dp = (p - y) / (p (1 - p)) inside the clip range, 0 where clipped
+        return np.where(inside, (q - y) / (q * (1 - q)), 0.0)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
+
+
+class CategoricalCrossentropy(Loss):
+    """-sum_k y_k log p_k over the last axis, averaged over positions.
+
+    From probabilities, p is first normalised to sum to 1 and clipped (as Keras); from logits,
+    p = softmax(logits), computed stably.
+    """
+
+    name = "categorical_crossentropy"
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def _count(self, y_pred):
+        return y_pred.size // y_pred.shape[-1]
+
+    def _pointwise(self, y, p):
+        if self.from_logits:
+            shifted = p - p.max(axis=-1, keepdims=True)
+            log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            return -y * log_softmax
+        q = np.clip(p / p.sum(axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
+        return -y * np.log(q)
+
+    def _pointwise_gradient(self, y, p):
+        if self.from_logits:
+            # d/dx_k = softmax(x)_k sum(y) - y_k
+            shifted = np.exp(p - p.max(axis=-1, keepdims=True))
+            softmax = shifted / shifted.sum(axis=-1, keepdims=True)
+            return softmax * y.sum(axis=-1, keepdims=True) - y
+        total = p.sum(axis=-1, keepdims=True)
+        q = p / total
+        inside = (q > EPSILON) & (q < 1 - EPSILON)
+        # with q = p / sum(p): dL/dq_j = -y_j / q_j (0 where clipped),
+        # dL/dp_k = (dL/dq_k - sum_j dL/dq_j q_j) / sum(p)
+        d_q = np.where(inside, -y / np.clip(q, EPSILON, 1 - EPSILON), 0.0)
+        return (d_q - (d_q * q).sum(axis=-1, keepdims=True)) / total
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    """Categorical cross-entropy with integer class labels of shape y_pred.shape[:-1]."""
+
+    name = "sparse_categorical_crossentropy"
+
+    def _prepare(self, y_true, y_pred):
+        y_pred = np.asarray(y_pred)
+        labels = np.asarray(y_true)
+        if labels.shape == y_pred.shape[:-1] + (1,) and y_pred.ndim > 1:
+            labels = labels[..., 0]
+        if labels.shape != y_pred.shape[:-1]:
+            raise ValueError(f"{self.name}: y_true must hold one class label per position, shape "
+                             f"{y_pred.shape[:-1]}, got {labels.shape}")
+        if labels.size and not np.all(labels == np.round(labels)):
+            raise ValueError(f"{self.name}: y_true must hold integer class labels")
+        labels = labels.astype(np.int64)
+        classes = y_pred.shape[-1]
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"{self.name}: class labels must lie in [0, {classes - 1}], got "
+                             f"values from {labels.min()} to {labels.max()}")
+        one_hot = np.zeros(y_pred.shape, y_pred.dtype)
+        np.put_along_axis(one_hot, labels[..., None], 1, axis=-1)
+        return one_hot, y_pred
+
+
+_BY_NAME = {
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+_CLASSES = {cls.__name__: cls for cls in set(_BY_NAME.values())}
+
+
+def get(identifier):
+    """A loss from a name ('mse', 'binary_crossentropy', ...) or an instance."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(f"loss must be one of {sorted(_BY_NAME)} or a cgru.losses instance, got "
+                     f"{identifier!r}")
+
+
+def serialize(loss):
+    return {"class": type(loss).__name__, "config": loss.get_config()}
+
+
+def deserialize(spec):
+    return _CLASSES[spec["class"]](**spec["config"])

@@ -1,0 +1,66 @@
+"""Learning-rate schedules: called with the number of updates done so far, they return the rate.
+
+Reached as `cgru.optimizers.schedules`. One update is one batch; an epoch of N samples at batch
+size b is ceil(N / b) updates.
+"""
+import math
+
+
+class LearningRateSchedule:
+    def get_config(self):
+        return dict(self.__dict__)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _positive(value, name, cls):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{cls}: {name} must be a number > 0, got {value!r}")
+    return value
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """initial_learning_rate * decay_rate ** (step / decay_steps); with staircase=True the exponent
+    is floored, which makes it a step decay (as Keras)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+        self.initial_learning_rate = float(_positive(initial_learning_rate,
+                                                     "initial_learning_rate", "ExponentialDecay"))
+        self.decay_steps = _positive(decay_steps, "decay_steps", "ExponentialDecay")
+        self.decay_rate = float(_positive(decay_rate, "decay_rate", "ExponentialDecay"))
+        self.staircase = bool(staircase)
+
+    def __call__(self, step):
+        exponent = step / self.decay_steps
+        if self.staircase:
+            exponent = math.floor(exponent)
+        return self.initial_learning_rate * self.decay_rate ** exponent
+
+
+class StepDecay(LearningRateSchedule):
+    """initial_learning_rate * factor ** floor(step / step_size): the rate drops by `factor`
+    every `step_size` updates (PyTorch's StepLR, counted in updates)."""
+
+    def __init__(self, initial_learning_rate, step_size, factor=0.5):
+        self.initial_learning_rate = float(_positive(initial_learning_rate,
+                                                     "initial_learning_rate", "StepDecay"))
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepDecay: step_size must be an integer >= 1, got {step_size!r}")
+        self.step_size = step_size
+        self.factor = float(_positive(factor, "factor", "StepDecay"))
+
+    def __call__(self, step):
+        return self.initial_learning_rate * self.factor ** (step // self.step_size)
+
+
+_CLASSES = {"ExponentialDecay": ExponentialDecay, "StepDecay": StepDecay}
+
+
+def serialize(schedule):
+    return {"class": type(schedule).__name__, "config": schedule.get_config()}
+
+
+def deserialize(spec):
+    return _CLASSES[spec["class"]](**spec["config"])
