@@ -1,7 +1,8 @@
 """Keras-style layers for `cgru.Sequential`: GRU, Bidirectional, Dense, Dropout and Input.
 
 A layer is built on first use from the shape of its input (without the batch axis), draws its
-weights from the model's seeded generator, and runs `forward(x, training)` and
+weights from the model's seeded generator, and runs `forward(x, training, rng)` (training keeps
+what backward needs; dropout draws its masks from `rng`, and is off when rng is None) and
 `backward(d_out)`. Backward returns the gradient for the layer's input and adds parameter
 gradients into `layer.grads` (the model zeroes them before each batch).
 
@@ -234,7 +235,7 @@ class GRU(Layer):
 
     def forward(self, x, training, rng):
         mask = None
-        if training and self.dropout > 0:
+        if training and rng is not None and self.dropout > 0:
             keep = 1.0 - self.dropout
             mask = (rng.random((x.shape[0], 1, x.shape[2])) < keep).astype(self.dtype)
             mask /= self.dtype.type(keep)
@@ -467,7 +468,7 @@ class Dropout(Layer):
         self._mask = None
 
     def forward(self, x, training, rng):
-        if not training or self.rate == 0:
+        if not training or rng is None or self.rate == 0:
             self._mask = None
             return x
         keep = 1.0 - self.rate

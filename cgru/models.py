@@ -176,15 +176,20 @@ class Sequential:
         return out
 
     def _require_built(self, what):
+        if not self.built and self.input_shape is not None and self.layers:
+            self.build((None,) + tuple(self.input_shape))  # declared by layers.Input
         if not self.built:
             raise RuntimeError(f"{what} needs a built model: call model.build((None, time, "
                                f"features)), or fit/predict once, or start with layers.Input")
 
     # ---- running --------------------------------------------------------------------------------
 
-    def _forward(self, x, training):
+    def _forward(self, x, training, dropout=None):
+        """Through every layer; training keeps what backward needs and, unless dropout=False,
+        applies dropout (layers get no generator when dropout is off)."""
+        rng = self.rng if (training if dropout is None else dropout) else None
         for layer in self.layers:
-            x = layer.forward(x, training, self.rng)
+            x = layer.forward(x, training, rng)
         return x
 
     def _inputs(self, x, name="x"):
@@ -246,14 +251,29 @@ class Sequential:
         y = self._targets(y, len(x))
         return self._train_step(x, y)[0]
 
-    def _train_step(self, x, y):
-        out = self._forward(x, True)
+    def gradients(self, x, y, training=True):
+        """(loss, {'layer/param': gradient}) for one batch, without updating anything.
+        training=True applies dropout as fit does."""
+        self._require_compiled("gradients")
+        x = self._inputs(x)
+        self._build_for(x)
+        y = self._targets(y, len(x))
+        loss, _ = self._backpropagate(x, y, dropout=training)
+        return loss, {k: g.copy() for k, g in self._gradients.items()}
+
+    def _backpropagate(self, x, y, dropout=True):
+        """Forward keeping what backward needs, the loss, and backward into the layers' grads."""
+        out = self._forward(x, True, dropout)
         loss = self.loss(y, out)
         grad = self.loss.gradient(y, out)
         for layer in self.layers:
             layer.zero_grad()
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
+        return loss, out
+
+    def _train_step(self, x, y):
+        loss, out = self._backpropagate(x, y)
         self.optimizer.apply(self.trainable_weights, self._gradients)
         return loss, out
 
