@@ -1,0 +1,211 @@
+"""The `cgru` command: demo, train, predict, info.
+
+    cgru demo                       train a forecaster on the shipped weekly CO2 series
+    cgru train --csv F --column C   the same on your own series
+    cgru predict --model M --csv F  forecast the values after the end of a series
+    cgru info                       version, OpenMP, threads, BLAS, build flags
+
+Errors in arguments or files print one line and exit with status 2 (arguments) or 1 (anything
+else), never a traceback.
+"""
+import argparse
+import os
+import sys
+
+from . import forecast
+
+# weekly data: two years in, a quarter ahead, yearly season
+DEMO = forecast.Settings(window=104, horizon=13, season=52)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _training_options(parser, defaults):
+    d = defaults
+    parser.add_argument("--window", type=_positive(int), default=d.window,
+                        help=f"past values the model reads (default {d.window})")
+    parser.add_argument("--horizon", type=_positive(int), default=d.horizon,
+                        help=f"future values it forecasts (default {d.horizon})")
+    parser.add_argument("--season", type=_positive(int), default=d.season,
+                        help="season length in steps, for the seasonal-naive baseline"
+                             + (f" (default {d.season})" if d.season else ""))
+    parser.add_argument("--units", type=_positive(int), default=d.units,
+                        help=f"units of the first GRU layer; the second has half (default "
+                             f"{d.units})")
+    parser.add_argument("--epochs", type=_positive(int), default=d.epochs,
+                        help=f"most epochs; early stopping may end sooner (default {d.epochs})")
+    parser.add_argument("--batch-size", type=_positive(int), default=d.batch_size,
+                        help=f"default {d.batch_size}")
+    parser.add_argument("--learning-rate", type=_positive(float), default=d.learning_rate,
+                        help=f"Adam's learning rate (default {d.learning_rate})")
+    parser.add_argument("--patience", type=_positive(int), default=d.patience,
+                        help=f"epochs without validation improvement before stopping (default "
+                             f"{d.patience})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser():
+    parser = _Parser(prog="cgru", description="GRU forecasting on the cgru engine.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="train on the shipped weekly Mauna Loa CO2 series",
+                          description="Train a GRU forecaster on the weekly Mauna Loa CO2 "
+                          "series shipped with cgru (1958-2001), report test RMSE and MAE next "
+                          "to a seasonal-naive baseline, write the model and a plot.")
+    _training_options(demo, DEMO)
+    demo.add_argument("--output-dir", default=".", help="where co2_gru.npz and "
+                      "co2_forecast.png go (default: the current directory)")
+
+    train = sub.add_parser("train", help="train a forecaster on a column of your CSV file",
+                           description="Train a GRU forecaster on one column of a CSV file "
+                           "(header row; empty cells are gaps, filled by interpolation).")
+    train.add_argument("--csv", required=True, help="the CSV file")
+    train.add_argument("--column", required=True, help="the column to forecast")
+    train.add_argument("--time-column", help="a column of time stamps (used for labels)")
+    _training_options(train, forecast.Settings())
+    train.add_argument("--model", default="cgru_forecaster.npz",
+                       help="where the model goes (default cgru_forecaster.npz)")
+    train.add_argument("--plot", help="write a PNG of the test forecasts here (needs matplotlib)")
+
+    predict = sub.add_parser("predict", help="forecast after the end of a series",
+                             description="Forecast the next values after the last row of a "
+                             "CSV file with a model from `cgru train` or `cgru demo`; prints "
+                             "CSV (step, forecast).")
+    predict.add_argument("--model", required=True, help="a model file")
+    predict.add_argument("--csv", required=True, help="the CSV file")
+    predict.add_argument("--column", help="the column (default: the one the model was "
+                         "trained on)")
+    predict.add_argument("--output", help="write the CSV here instead of standard output")
+
+    sub.add_parser("info", help="version, OpenMP, threads, BLAS and build flags",
+                   description="Print what this cgru was built with and runs on.")
+    return parser
+
+
+def _settings(args):
+    return forecast.Settings(window=args.window, horizon=args.horizon, season=args.season,
+                             units=args.units, epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, patience=args.patience,
+                             seed=args.seed)
+
+
+def _train(path, column, time_column, settings, model_path, plot_path, quiet, title):
+    times, values = forecast.read_series(path, column, time_column)
+    forecast.require_rows(values, path)
+    gaps = int(sum(1 for v in values if v != v))
+    series = forecast.fill_gaps(values)
+    print(f"{path}: {len(series)} values of {column!r}"
+          + (f" from {times[0]} to {times[-1]}" if times else "")
+          + (f", {gaps} gaps filled by interpolation" if gaps else ""))
+    model, report, metadata = forecast.train_forecaster(series, settings,
+                                                        verbose=0 if quiet else 1)
+    w = report["windows"]
+    print(f"windows: {w['train']} train, {w['validation']} validation, {w['test']} test "
+          f"(window {settings.window}, horizon {settings.horizon}); {report['epochs_run']} epochs, "
+          f"best {report['best_epoch']}")
+    print(f"{'test, all horizons':<22}{'RMSE':>10}{'MAE':>10}")
+    print(f"{'GRU':<22}{report['test_rmse']:>10.4f}{report['test_mae']:>10.4f}")
+    print(f"{'naive (last value)':<22}{report['naive_rmse']:>10.4f}{report['naive_mae']:>10.4f}")
+    if "seasonal_rmse" in report:
+        print(f"{'seasonal-naive':<22}{report['seasonal_rmse']:>10.4f}"
+              f"{report['seasonal_mae']:>10.4f}")
+        better = report["test_rmse"] < report["seasonal_rmse"] and \
+            report["test_mae"] < report["seasonal_mae"]
+        print("the GRU beats the seasonal-naive baseline" if better else
+              "the GRU does NOT beat the seasonal-naive baseline")
+    metadata.update(column=column, time_column=time_column)
+    model.save(model_path, metadata=metadata)
+    print(f"model written to {model_path}")
+    if plot_path:
+        if forecast.plot_forecast(plot_path, report, settings, title, times):
+            print(f"plot written to {plot_path}")
+        else:
+            print("plot skipped: matplotlib is not installed (pip install matplotlib)")
+
+
+def _predict(args):
+    model = forecast.load_forecaster(args.model)
+    column = args.column or model.metadata.get("column")
+    _, values = forecast.read_series(args.csv, column)
+    forecast.require_rows(values, args.csv)
+    future = forecast.forecast_next(model, forecast.fill_gaps(values))
+    lines = ["step,forecast"] + [f"{i},{v:.6g}" for i, v in enumerate(future, 1)]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        try:
+            with open(args.output, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise forecast.ForecastError(f"cannot write {args.output}: {e.strerror}") from None
+    else:
+        sys.stdout.write(text)
+
+
+def _info():
+    import cgru
+    facts = cgru.info()
+    print(f"cgru {facts['version']}")
+    print(f"OpenMP: {'on' if facts['openmp'] else 'off (the engine runs on one thread)'}")
+    print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS)")
+    print(f"build flags: {facts['build_flags']}")
+    print("BLAS: SciPy's, through scipy.linalg.cython_blas"
+          + ("; held to one thread per engine call" if facts["blas_threads_controlled"] else ""))
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        print("  (install threadpoolctl to see which BLAS library that is)")
+        return
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            print(f"  {lib.get('internal_api')} {lib.get('version')} "
+                  f"({lib.get('num_threads')} threads by default): {lib.get('filepath')}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            _info()
+        elif args.command == "predict":
+            _predict(args)
+        elif args.command == "demo":
+            if not os.path.isdir(args.output_dir):
+                raise forecast.ForecastError(f"--output-dir {args.output_dir} is not a directory")
+            _train(forecast.DEMO_CSV, "co2", "date", _settings(args),
+                   os.path.join(args.output_dir, "co2_gru.npz"),
+                   os.path.join(args.output_dir, "co2_forecast.png"), args.quiet,
+                   "Weekly CO2 at Mauna Loa (ppm), test period")
+        else:
+            _train(args.csv, args.column, args.time_column, _settings(args), args.model,
+                   args.plot, args.quiet, f"{args.column}: test period")
+    except forecast.ForecastError as e:
+        print(f"cgru {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"cgru {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cgru {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
