@@ -96,7 +96,12 @@ class Sequential:
             raise ValueError(f"input_shape must be (batch, time, features) with features given, "
                              f"got {tuple(input_shape)}")
         for layer in self.layers:
-            layer.build(shape, self.rng, self.dtype)
+            if not layer.built:
+                layer.build(shape, self.rng, self.dtype)
+            elif layer.input_shape[-1] != shape[-1] or layer.dtype != self.dtype:
+                raise ValueError(f"layer '{layer.name}' was built for {layer.input_shape[-1]} "
+                                 f"{layer.dtype} features; here it would get {shape[-1]} "
+                                 f"{self.dtype}")
             shape = layer.compute_output_shape(shape)
         self.input_shape = tuple(input_shape)[1:]
         self.built = True

@@ -1,0 +1,588 @@
+"""Moving GRU models between cgru and PyTorch, Keras 3 and ONNX, exactly.
+
+    from_torch(module) / to_torch(gru)             torch.nn.GRU  <->  cgru.GRU
+    from_keras(layer_or_model) / to_keras(model)    keras GRU, Bidirectional, Dense, Dropout,
+                                                    Sequential  <->  cgru.layers / cgru.Sequential
+    export_onnx(gru_or_model, path, lengths=False)  cgru.GRU or cgru.Sequential -> .onnx file
+    load_onnx(path)                                 GRU nodes (+ MatMul/Gemm + Add as Dense) -> cgru
+    from_seed_convention(state_dict)                weights written for h' = (1 - u) h + u n
+
+Gate orders: cgru and PyTorch keep r, z, n; Keras and ONNX keep z, r, n. Keras kernels are
+transposed (input, 3H). ONNX keeps W (D, 3H, I), R (D, 3H, H), B (D, 6H) = [Wb, Rb], and
+`linear_before_reset` is cgru's `reset_after`.
+
+torch, keras and onnx are imported only by the function that needs them; a conversion that
+cannot be represented exactly raises ValueError naming what stands in the way.
+"""
+import json
+
+import numpy as np
+
+from . import layers as _layers
+from .gru import GRU
+from .layers import swap_gate_blocks
+from .models import Sequential
+
+ONNX_OPSET = 17
+_ONNX_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
+
+
+def _require(module, install):
+    try:
+        return __import__(module)
+    except ImportError as e:
+        raise ImportError(f"this conversion needs {module}: pip install {install} ({e})") from None
+
+
+# ---- PyTorch ------------------------------------------------------------------------------------
+
+def from_torch(module):
+    """A cgru.GRU with the options and weights of a `torch.nn.GRU` (any layers, directions,
+    batch_first, bias); float64 modules give a float64 GRU, others float32."""
+    torch = _require("torch", "torch==2.13.0")
+    if not isinstance(module, torch.nn.GRU):
+        raise TypeError(f"from_torch converts a torch.nn.GRU, got {type(module).__name__} (for "
+                        f"a GRU with a Linear head, see the README's recipe)")
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    dtype = "float64" if next(iter(state.values())).dtype == torch.float64 else "float32"
+    gru = GRU(module.input_size, module.hidden_size, num_layers=module.num_layers,
+              bias=module.bias, batch_first=module.batch_first, dropout=float(module.dropout),
+              bidirectional=module.bidirectional, dtype=dtype)
+    gru.load_state_dict({k: v.to(torch.float64).numpy() for k, v in state.items()})
+    gru.train(module.training)
+    return gru
+
+
+def to_torch(gru):
+    """A `torch.nn.GRU` with the options and weights of a cgru.GRU (reset_after=True only:
+    PyTorch has no reset-before GRU)."""
+    torch = _require("torch", "torch==2.13.0")
+    if not isinstance(gru, GRU):
+        raise TypeError(f"to_torch converts a cgru.GRU, got {type(gru).__name__}")
+    if not gru.reset_after:
+        raise ValueError("to_torch: PyTorch's GRU computes reset_after=True only; this cgru.GRU "
+                         "has reset_after=False")
+    module = torch.nn.GRU(gru.input_size, gru.hidden_size, num_layers=gru.num_layers,
+                          bias=gru.bias, batch_first=gru.batch_first, dropout=gru.dropout,
+                          bidirectional=gru.bidirectional)
+    module = module.double() if gru.dtype == np.float64 else module.float()
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in gru.params.items()})
+    module.train(gru.training)
+    return module
+
+
+# ---- Keras --------------------------------------------------------------------------------------
+
+def _keras():
+    try:
+        import keras
+    except ImportError as e:
+        raise ImportError(f"this conversion needs keras 3 with a backend: pip install keras, and "
+                          f"set KERAS_BACKEND=torch when TensorFlow is not installed ({e})") \
+            from None
+    return keras
+
+
+def _gru_from_keras_config(config, where):
+    for key, allowed in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+        if config.get(key, allowed) != allowed:
+            raise ValueError(f"{where}: {key}={config[key]!r} cannot be represented; cgru "
+                             f"computes {key}='{allowed}'")
+    for key in ("go_backwards", "stateful", "return_state"):
+        if config.get(key):
+            raise ValueError(f"{where}: {key}=True cannot be represented in cgru")
+    if config.get("recurrent_dropout"):
+        raise ValueError(f"{where}: recurrent_dropout={config['recurrent_dropout']} cannot be "
+                         f"represented in cgru")
+    return _layers.GRU(config["units"], return_sequences=config.get("return_sequences", False),
+                       reset_after=config.get("reset_after", True),
+                       dropout=config.get("dropout", 0.0), use_bias=config.get("use_bias", True))
+
+
+def _layer_from_keras(layer, dtype):
+    """(cgru layer, Keras weights) for one Keras layer; None for layers without computation."""
+    kind = type(layer).__name__
+    where = f"Keras layer '{layer.name}' ({kind})"
+    config = layer.get_config()
+    if kind == "InputLayer":
+        return None, None
+    if kind == "GRU":
+        return _gru_from_keras_config(config, where), layer.get_weights()
+    if kind == "Bidirectional":
+        forward, backward = layer.forward_layer, layer.backward_layer
+        if type(forward).__name__ != "GRU":
+            raise ValueError(f"{where}: only a GRU inside Bidirectional converts")
+        f_config, b_config = forward.get_config(), backward.get_config()
+        for key in ("units", "reset_after", "use_bias", "return_sequences", "activation",
+                    "recurrent_activation"):
+            if f_config.get(key) != b_config.get(key):
+                raise ValueError(f"{where}: its forward and backward GRUs differ in {key}")
+        if config.get("merge_mode") not in _layers.Bidirectional.MERGE_MODES:
+            raise ValueError(f"{where}: merge_mode={config.get('merge_mode')!r} cannot be "
+                             f"represented; cgru merges with {_layers.Bidirectional.MERGE_MODES}")
+        b_config = dict(b_config, go_backwards=False)  # Keras runs it backwards by design
+        inner = _gru_from_keras_config(dict(f_config, go_backwards=False), where)
+        _gru_from_keras_config(b_config, where)
+        return _layers.Bidirectional(inner, merge_mode=config["merge_mode"]), layer.get_weights()
+    if kind == "Dense":
+        activation = config.get("activation")
+        if activation not in _layers.ACTIVATIONS:
+            raise ValueError(f"{where}: activation={activation!r} cannot be represented; cgru's "
+                             f"Dense takes {_layers.ACTIVATIONS}")
+        return (_layers.Dense(config["units"], activation=activation,
+                              use_bias=config.get("use_bias", True)), layer.get_weights())
+    if kind == "Dropout":
+        return _layers.Dropout(config["rate"]), []
+    raise ValueError(f"{where} cannot be represented; cgru converts GRU, Bidirectional(GRU), "
+                     f"Dense and Dropout")
+
+
+def from_keras(layer_or_model):
+    """A cgru.Sequential with the layers and weights of a built Keras 3 Sequential, or a built
+    cgru layer from one Keras GRU / Bidirectional(GRU) / Dense layer."""
+    obj = layer_or_model
+    kind = type(obj).__name__
+    if kind == "Sequential":
+        keras_layers = list(obj.layers)
+    elif hasattr(obj, "get_weights") and hasattr(obj, "get_config"):
+        keras_layers = [obj]
+    else:
+        raise TypeError(f"from_keras converts a Keras Sequential or layer, got {kind}")
+    weights_of = [w for w in (l.get_weights() for l in keras_layers)]
+    if any(not l.built for l in keras_layers) or not any(weights_of):
+        raise ValueError("from_keras: build the Keras model first (call it on data or give it "
+                         "an Input), so its weights exist")
+    dtype = "float64" if any(w.dtype == np.float64 for ws in weights_of for w in ws) \
+        else "float32"
+    converted = [c for c in (_layer_from_keras(l, dtype) for l in keras_layers) if c[0]]
+    features = next(w[0].shape[0] for _, w in converted if w)
+    model = Sequential([layer for layer, _ in converted], dtype=dtype,
+                       name=getattr(obj, "name", "sequential") if kind == "Sequential" else
+                       "sequential")
+    model.build((None, None, features))
+    for layer, weights in converted:
+        if weights:
+            layer.set_weights(weights)
+    return model if kind == "Sequential" else model.layers[0]
+
+
+def _layer_to_keras(keras, layer):
+    if isinstance(layer, _layers.Bidirectional):
+        inner = _layer_to_keras(keras, layer.layer)
+        return keras.layers.Bidirectional(inner, merge_mode=layer.merge_mode, name=layer.name)
+    if isinstance(layer, _layers.GRU):
+        return keras.layers.GRU(layer.units, return_sequences=layer.return_sequences,
+                                reset_after=layer.reset_after, dropout=layer.dropout,
+                                use_bias=layer.use_bias, name=layer.name)
+    if isinstance(layer, _layers.Dense):
+        return keras.layers.Dense(layer.units, activation=layer.activation,
+                                  use_bias=layer.use_bias, name=layer.name)
+    if isinstance(layer, _layers.Dropout):
+        return keras.layers.Dropout(layer.rate, name=layer.name)
+    raise ValueError(f"to_keras: no Keras counterpart for {type(layer).__name__}")
+
+
+def to_keras(model):
+    """A built `keras.Sequential` with the layers and weights of a built cgru.Sequential."""
+    keras = _keras()
+    if not isinstance(model, Sequential):
+        raise TypeError(f"to_keras converts a cgru.Sequential, got {type(model).__name__}")
+    model._require_built("to_keras")
+    keras_model = keras.Sequential([keras.Input(shape=tuple(model.input_shape),
+                                                dtype=model.dtype.name)]
+                                   + [_layer_to_keras(keras, l) for l in model.layers],
+                                   name=model.name)
+    for ours, theirs in zip(model.layers, keras_model.layers):
+        theirs.set_weights(ours.get_weights())
+    return keras_model
+
+
+# ---- ONNX ---------------------------------------------------------------------------------------
+
+class _Graph:
+    """Nodes and initializers of an ONNX graph under construction."""
+
+    def __init__(self, onnx, dtype):
+        self.onnx, self.helper, self.numpy_helper = onnx, onnx.helper, onnx.numpy_helper
+        self.dtype = dtype
+        self.nodes, self.initializers = [], []
+        self.count = 0
+
+    def name(self, stem):
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem, array):
+        name = self.name(stem)
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type, inputs, stem=None, outputs=1, **attrs):
+        names = [self.name(stem or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def gru(self, x, params, names_per_direction, hidden_size, reset_after, lengths):
+        """One ONNX GRU node; returns (Y (T, D, B, H), Y_h (D, B, H))."""
+        W, R, B = [], [], []
+        for w_ih, w_hh, b_ih, b_hh in names_per_direction:
+            W.append(swap_gate_blocks(params[w_ih]))
+            R.append(swap_gate_blocks(params[w_hh]))
+            biases = [params.get(b_ih), params.get(b_hh)]
+            B.append(np.concatenate([swap_gate_blocks(b) if b is not None else
+                                     np.zeros(3 * hidden_size, self.dtype) for b in biases]))
+        direction = "bidirectional" if len(W) == 2 else "forward"
+        inputs = [x, self.const("W", np.stack(W)), self.const("R", np.stack(R)),
+                  self.const("B", np.stack(B))] + ([lengths] if lengths else [])
+        return self.op("GRU", inputs, "gru", outputs=2, hidden_size=hidden_size,
+                       direction=direction, linear_before_reset=int(reset_after))
+
+    def concat_directions(self, y):
+        """(T, D, B, H) -> (T, B, D * H)."""
+        t = self.op("Transpose", [y], perm=[0, 2, 1, 3])
+        return self.op("Reshape", [t, self.const("shape", np.array([0, 0, -1], np.int64))])
+
+    def last_state(self, y_h):
+        """(D, B, H) -> (B, D * H)."""
+        t = self.op("Transpose", [y_h], perm=[1, 0, 2])
+        return self.op("Reshape", [t, self.const("shape", np.array([0, -1], np.int64))])
+
+
+def export_onnx(gru_or_model, path, lengths=False):
+    """Write a cgru.GRU or cgru.Sequential to an .onnx file (opset 17) that ONNX Runtime runs
+    with the same outputs.
+
+    cgru.GRU: inputs `x` ((T, B, I), or (B, T, I) with batch_first) and, with lengths=True,
+    `lengths` (B,) int32 (ONNX's sequence_lens); outputs `y` and `h_n` as cgru returns them
+    (initial state zero). cgru.Sequential: input `x` (B, T, F), output `y`; Dropout is dropped
+    (inference). Weights keep the model's dtype (ONNX Runtime's GRU runs float32 only). The
+    architecture also goes into the file's metadata, so load_onnx restores it exactly.
+    """
+    onnx = _require("onnx", "onnx")
+    helper, TensorProto = onnx.helper, onnx.TensorProto
+    obj = gru_or_model
+    if isinstance(obj, GRU):
+        graph, inputs, outputs, meta = _export_gru(onnx, obj, lengths)
+    elif isinstance(obj, Sequential):
+        if lengths:
+            raise ValueError("export_onnx: lengths=True applies to a cgru.GRU; a Sequential "
+                             "takes whole sequences")
+        obj._require_built("export_onnx")
+        graph, inputs, outputs, meta = _export_sequential(onnx, obj)
+    else:
+        raise TypeError(f"export_onnx takes a cgru.GRU or cgru.Sequential, got "
+                        f"{type(obj).__name__}")
+    onnx_graph = helper.make_graph(graph.nodes, "cgru", inputs, outputs, graph.initializers)
+    model = helper.make_model(onnx_graph, producer_name="cgru",
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = min(model.ir_version, 8)
+    helper.set_model_props(model, {"cgru": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _elem_type(onnx, dtype):
+    return onnx.TensorProto.DOUBLE if dtype == np.float64 else onnx.TensorProto.FLOAT
+
+
+def _export_gru(onnx, gru, lengths):
+    helper = onnx.helper
+    g = _Graph(onnx, gru.dtype)
+    elem = _elem_type(onnx, gru.dtype)
+    x_shape = ["batch", "time", gru.input_size] if gru.batch_first else \
+        ["time", "batch", gru.input_size]
+    inputs = [helper.make_tensor_value_info("x", elem, x_shape)]
+    x = "x"
+    if gru.batch_first:
+        x = g.op("Transpose", [x], perm=[1, 0, 2])
+    seq_lens = None
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", onnx.TensorProto.INT32, ["batch"]))
+        seq_lens = "lengths"
+    states = []
+    for layer in range(gru.num_layers):
+        names = [gru._names(layer, d) for d in range(gru.num_directions)]
+        y, y_h = g.gru(x, gru.params, names, gru.hidden_size, gru.reset_after, seq_lens)
+        x = g.concat_directions(y)
+        states.append(y_h)
+    y = g.op("Transpose", [x], perm=[1, 0, 2]) if gru.batch_first else x
+    g.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    g.nodes.append(helper.make_node("Concat", states, ["h_n"], axis=0) if len(states) > 1 else
+                   helper.make_node("Identity", states, ["h_n"]))
+    D, H = gru.num_directions, gru.hidden_size
+    y_shape = ["batch", "time", D * H] if gru.batch_first else ["time", "batch", D * H]
+    outputs = [helper.make_tensor_value_info("y", elem, y_shape),
+               helper.make_tensor_value_info("h_n", elem, [gru.num_layers * D, "batch", H])]
+    meta = {"kind": "GRU", "input_size": gru.input_size, "hidden_size": H,
+            "num_layers": gru.num_layers, "bias": gru.bias, "batch_first": gru.batch_first,
+            "bidirectional": gru.bidirectional, "reset_after": gru.reset_after,
+            "dtype": gru.dtype.name}
+    return g, inputs, outputs, meta
+
+
+def _export_sequential(onnx, model):
+    helper = onnx.helper
+    g = _Graph(onnx, model.dtype)
+    elem = _elem_type(onnx, model.dtype)
+    inputs = [helper.make_tensor_value_info("x", elem, ["batch", "time", model.input_shape[-1]])]
+    x, layout = "x", "BTF"  # BTF, TBF (time-major sequence) or BF (one vector per sample)
+    for layer in model.layers:
+        if isinstance(layer, _layers.Dropout):
+            continue
+        if isinstance(layer, (_layers.GRU, _layers.Bidirectional)):
+            gru = layer.layer if isinstance(layer, _layers.Bidirectional) else layer
+            if layout == "BTF":
+                x = g.op("Transpose", [x], perm=[1, 0, 2])
+            names = [gru._engine_names(d) for d in range(gru.directions)]
+            y, y_h = g.gru(x, gru.params, names, gru.units, gru.reset_after, None)
+            mode = gru.merge_mode if gru.directions == 2 else "concat"
+            if gru.return_sequences:
+                x, layout, axis = y, "TBF", 1
+            else:
+                x, layout, axis = y_h, "BF", 0
+            if mode == "concat":
+                x = g.concat_directions(x) if layout == "TBF" else g.last_state(x)
+            elif mode == "sum":
+                x = g.op("ReduceSum", [x, g.const("axes", np.array([axis], np.int64))],
+                         keepdims=0)
+            elif mode == "ave":
+                x = g.op("ReduceMean", [x], axes=[axis], keepdims=0)
+            else:
+                x = g.op("ReduceProd", [x], axes=[axis], keepdims=0)
+        elif isinstance(layer, _layers.Dense):
+            if layout == "TBF":
+                x, layout = g.op("Transpose", [x], perm=[1, 0, 2]), "BTF"
+            x = g.op("MatMul", [x, g.const("kernel", layer.params["kernel"])])
+            if layer.use_bias:
+                x = g.op("Add", [x, g.const("bias", layer.params["bias"])])
+            if layer.activation is not None:
+                op = {v: k for k, v in _ONNX_ACTIVATIONS.items()}[layer.activation]
+                x = g.op(op, [x], axis=-1) if op == "Softmax" else g.op(op, [x])
+        else:
+            raise ValueError(f"export_onnx: no ONNX form for {type(layer).__name__}")
+    if layout == "TBF":
+        x = g.op("Transpose", [x], perm=[1, 0, 2])
+    g.nodes.append(helper.make_node("Identity", [x], ["y"]))
+    out_shape = ["batch", "time", None] if layout != "BF" else ["batch", None]
+    outputs = [helper.make_tensor_value_info("y", elem, out_shape)]
+    meta = {"kind": "Sequential", "name": model.name, "dtype": model.dtype.name,
+            "input_shape": list(model.input_shape),
+            "layers": [{"class": type(l).__name__, "config": l.get_config()}
+                       for l in model.layers]}
+    return g, inputs, outputs, meta
+
+
+def _gru_blocks(onnx, graph, path):
+    """Per GRU node, in graph order: attributes and weights (W, R, B as NumPy arrays)."""
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:  # Constant nodes hold weights in some exporters
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    blocks, dense = [], []
+    for node in graph.node:
+        if node.op_type == "GRU":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            where = f"{path}: GRU node '{node.name or node.output[0]}'"
+            for bad in ("clip", "activation_alpha", "activation_beta"):
+                if bad in attrs:
+                    raise ValueError(f"{where} sets '{bad}', which cgru cannot represent")
+            acts = [a.decode() if isinstance(a, bytes) else a
+                    for a in attrs.get("activations", [])]
+            if acts and [a.lower() for a in acts] != ["sigmoid", "tanh"] * (len(acts) // 2):
+                raise ValueError(f"{where} uses activations {acts}; cgru computes Sigmoid and "
+                                 f"Tanh")
+            if attrs.get("layout", 0) != 0:
+                raise ValueError(f"{where} has layout=1 (batch-first); cgru reads layout=0")
+            direction = attrs.get("direction", b"forward")
+            direction = direction.decode() if isinstance(direction, bytes) else direction
+            if direction == "reverse":
+                raise ValueError(f"{where} runs direction='reverse' alone, which cgru cannot "
+                                 f"represent")
+            ins = list(node.input) + [""] * (6 - len(node.input))
+            for i, what in ((1, "W"), (2, "R"), (3, "B")):
+                if ins[i] and ins[i] not in constants:
+                    raise ValueError(f"{where}: its {what} is computed in the graph, not stored; "
+                                     f"cgru imports stored weights only")
+            if ins[5] and not (ins[5] in constants and not constants[ins[5]].any()):
+                raise ValueError(f"{where} has a non-zero initial_h; cgru imports GRUs that "
+                                 f"start from zero")
+            W, R = constants[ins[1]], constants[ins[2]]
+            H = int(attrs.get("hidden_size", R.shape[-1]))
+            B = constants[ins[3]] if ins[3] else np.zeros((W.shape[0], 6 * H), W.dtype)
+            y_used = bool(consumers.get(node.output[0])) or node.output[0] in outputs
+            blocks.append({"W": W, "R": R, "B": B, "hidden_size": H,
+                           "reset_after": bool(attrs.get("linear_before_reset", 0)),
+                           "directions": W.shape[0], "sequences": y_used,
+                           "has_lengths": bool(ins[4])})
+        elif node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 \
+                and node.input[1] in constants and constants[node.input[1]].ndim == 2:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transA", 0):
+                raise ValueError(f"{path}: Gemm with transA=1 cannot be read as a Dense layer")
+            kernel = constants[node.input[1]]
+            if attrs.get("transB", 0):
+                kernel = kernel.T
+            kernel = kernel * attrs.get("alpha", 1.0)
+            bias, out = None, node.output[0]
+            if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+                bias = np.broadcast_to(constants[node.input[2]] * attrs.get("beta", 1.0),
+                                       (kernel.shape[1],))
+            nxt = consumers.get(out, [])
+            if bias is None and len(nxt) == 1 and nxt[0].op_type == "Add":
+                other = [i for i in nxt[0].input if i != out]
+                if other and other[0] in constants:
+                    bias = np.broadcast_to(constants[other[0]], (kernel.shape[1],))
+                    out = nxt[0].output[0]
+                    nxt = consumers.get(out, [])
+            activation = None
+            if len(nxt) == 1 and nxt[0].op_type in _ONNX_ACTIVATIONS:
+                activation = _ONNX_ACTIVATIONS[nxt[0].op_type]
+            dense.append({"kernel": kernel, "bias": bias, "activation": activation})
+    return blocks, dense
+
+
+def _set_gru_weights(params, names_per_direction, block, use_bias):
+    H = block["hidden_size"]
+    for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(names_per_direction):
+        params[w_ih][...] = swap_gate_blocks(block["W"][d])
+        params[w_hh][...] = swap_gate_blocks(block["R"][d])
+        if use_bias:
+            params[b_ih][...] = swap_gate_blocks(block["B"][d][:3 * H])
+            params[b_hh][...] = swap_gate_blocks(block["B"][d][3 * H:])
+
+
+def load_onnx(path):
+    """Read GRU nodes (and MatMul/Gemm + Add, with a Relu/Sigmoid/Tanh/Softmax after them, as
+    Dense layers) from an .onnx file.
+
+    Files written by export_onnx come back as they were exported (cgru.GRU or cgru.Sequential).
+    Other files: a chain of GRU nodes with nothing after them becomes a cgru.GRU; GRU nodes
+    followed by MatMul/Gemm become a cgru.Sequential of GRU (Bidirectional for
+    direction='bidirectional') and Dense layers. Anything that would compute differently in
+    cgru (clip, other activations, layout=1, a non-zero initial state, computed weights) is
+    refused with a ValueError.
+    """
+    onnx = _require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e})") \
+            from None
+    blocks, dense = _gru_blocks(onnx, model.graph, path)
+    if not blocks:
+        raise ValueError(f"{path} has no GRU node")
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(meta["cgru"]) if "cgru" in meta else None
+    if meta and meta["kind"] == "GRU":
+        gru = GRU(meta["input_size"], meta["hidden_size"], num_layers=meta["num_layers"],
+                  bias=meta["bias"], batch_first=meta["batch_first"],
+                  bidirectional=meta["bidirectional"], reset_after=meta["reset_after"],
+                  dtype=meta["dtype"])
+        return _fill_gru(gru, blocks, path)
+    if meta and meta["kind"] == "Sequential":
+        result = Sequential(name=meta["name"], dtype=meta["dtype"])
+        for spec in meta["layers"]:
+            result.add(_layers.CLASSES[spec["class"]].from_config(spec["config"]))
+        result.build((None,) + tuple(meta["input_shape"]))
+        return _fill_sequential(result, blocks, dense, path)
+
+    first = blocks[0]
+    dtype = "float64" if first["W"].dtype == np.float64 else "float32"
+    if not dense:
+        same = all(b["hidden_size"] == first["hidden_size"] and b["directions"] ==
+                   first["directions"] and b["reset_after"] == first["reset_after"]
+                   for b in blocks)
+        if not same:
+            raise ValueError(f"{path}: its GRU nodes differ in size, direction or variant; "
+                             f"cgru.GRU needs them alike")
+        gru = GRU(first["W"].shape[-1], first["hidden_size"], num_layers=len(blocks),
+                  bidirectional=first["directions"] == 2, reset_after=first["reset_after"],
+                  dtype=dtype)
+        return _fill_gru(gru, blocks, path)
+    result = Sequential(dtype=dtype)
+    for i, b in enumerate(blocks):
+        sequences = b["sequences"] if i == len(blocks) - 1 else True
+        gru = _layers.GRU(b["hidden_size"], return_sequences=sequences,
+                          reset_after=b["reset_after"])
+        result.add(_layers.Bidirectional(gru) if b["directions"] == 2 else gru)
+    for d in dense:
+        result.add(_layers.Dense(d["kernel"].shape[1], activation=d["activation"],
+                                 use_bias=d["bias"] is not None))
+    result.build((None, None, first["W"].shape[-1]))
+    return _fill_sequential(result, blocks, dense, path)
+
+
+def _fill_gru(gru, blocks, path):
+    if len(blocks) != gru.num_layers:
+        raise ValueError(f"{path}: {len(blocks)} GRU nodes for {gru.num_layers} layers")
+    for layer, block in enumerate(blocks):
+        names = [gru._names(layer, d) for d in range(gru.num_directions)]
+        _check_block(block, gru.params[names[0][0]].shape[1], gru.hidden_size,
+                     gru.num_directions, path)
+        _set_gru_weights(gru.params, names, block, gru.bias)
+    return gru
+
+
+def _fill_sequential(model, blocks, dense, path):
+    grus = [l.layer if isinstance(l, _layers.Bidirectional) else l for l in model.layers
+            if isinstance(l, (_layers.GRU, _layers.Bidirectional))]
+    denses = [l for l in model.layers if isinstance(l, _layers.Dense)]
+    if len(grus) != len(blocks) or len(denses) != len(dense):
+        raise ValueError(f"{path}: {len(blocks)} GRU and {len(dense)} dense blocks do not match "
+                         f"the {len(grus)} GRU and {len(denses)} Dense layers described")
+    for gru, block in zip(grus, blocks):
+        names = [gru._engine_names(d) for d in range(gru.directions)]
+        _check_block(block, gru.input_shape[-1], gru.units, gru.directions, path)
+        _set_gru_weights(gru.params, names, block, gru.use_bias)
+        if gru.use_bias and not gru.reset_after:  # the layer keeps one bias: fold Rb into Wb
+            for _, _, b_ih, b_hh in names:
+                gru.params[b_ih] += gru.params[b_hh]
+                gru.params[b_hh][...] = 0
+    for layer, block in zip(denses, dense):
+        if block["kernel"].shape != layer.params["kernel"].shape:
+            raise ValueError(f"{path}: a dense kernel of shape {block['kernel'].shape} where "
+                             f"{layer.params['kernel'].shape} was expected")
+        layer.params["kernel"][...] = block["kernel"]
+        if layer.use_bias:
+            layer.params["bias"][...] = block["bias"]
+    return model
+
+
+def _check_block(block, input_size, hidden_size, directions, path):
+    expected = (directions, 3 * hidden_size, input_size)
+    if block["W"].shape != expected or block["R"].shape != (directions, 3 * hidden_size,
+                                                            hidden_size):
+        raise ValueError(f"{path}: a GRU node's W {block['W'].shape} / R {block['R'].shape} "
+                         f"do not fit W {expected}")
+
+
+# ---- the update-gate convention -------------------------------------------------------------
+
+def from_seed_convention(state_dict):
+    """Weights written for h' = (1 - u) * h + u * n (update gate u = 1 - z), converted to
+    cgru's h' = (1 - z) * n + z * h.
+
+    Takes and returns a state dict with PyTorch's names and layout (gate blocks r, u, n in rows
+    [0, H), [H, 2H), [2H, 3H)). Since 1 - sigmoid(a) = sigmoid(-a), negating the update gate's
+    rows of every weight and bias gives the same model; nothing else changes.
+    """
+    converted = {}
+    for name, value in state_dict.items():
+        arr = np.array(value, copy=True)
+        if not name.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
+            raise KeyError(f"from_seed_convention: {name!r} is not a GRU weight or bias name "
+                           f"(weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...)")
+        if arr.shape[0] % 3:
+            raise ValueError(f"from_seed_convention: {name!r} has {arr.shape[0]} rows, not a "
+                             f"multiple of 3 (three gate blocks)")
+        H = arr.shape[0] // 3
+        arr[H:2 * H] *= -1
+        converted[name] = arr
+    return converted
