@@ -356,26 +356,24 @@ def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_
     cdef void *pin = _data(h_in, dt, L * B * H, "h")
     cdef void *px = _data(x, dt, B * I, "x")
     cdef cgru_status status
-    _blas_threads.enter()
-    try:
-        if dt is _FLOAT32:
-            with nogil:
-                status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
-                                       <const float* const*>wi, <const float* const*>wh,
-                                       <const float* const*>bi if has_bias else NULL,
-                                       <const float* const*>bh if has_bias else NULL,
-                                       L, B, I, H, reset_after)
-        elif dt is _FLOAT64:
-            with nogil:
-                status = cgru_step_f64(<double*>pout, <double*>pin, <double*>px,
-                                       <const double* const*>wi, <const double* const*>wh,
-                                       <const double* const*>bi if has_bias else NULL,
-                                       <const double* const*>bh if has_bias else NULL,
-                                       L, B, I, H, reset_after)
-        else:
-            raise TypeError(f"step: dtype must be float32 or float64, got {dt}")
-    finally:
-        _blas_threads.leave()
+    # step() runs on the calling thread only (no OpenMP region), so SciPy's BLAS keeps its own
+    # thread setting: nothing to cap, and the two ctypes calls that capping costs are saved
+    if dt is _FLOAT32:
+        with nogil:
+            status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
+                                   <const float* const*>wi, <const float* const*>wh,
+                                   <const float* const*>bi if has_bias else NULL,
+                                   <const float* const*>bh if has_bias else NULL,
+                                   L, B, I, H, reset_after)
+    elif dt is _FLOAT64:
+        with nogil:
+            status = cgru_step_f64(<double*>pout, <double*>pin, <double*>px,
+                                   <const double* const*>wi, <const double* const*>wh,
+                                   <const double* const*>bi if has_bias else NULL,
+                                   <const double* const*>bh if has_bias else NULL,
+                                   L, B, I, H, reset_after)
+    else:
+        raise TypeError(f"step: dtype must be float32 or float64, got {dt}")
     _check(status, "step")
 
 

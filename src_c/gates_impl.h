@@ -148,17 +148,59 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, co
 /* ---- small products for one step at a small batch (step.c) ---------------------------------- */
 
 /*
- * out (B, N) = beta * out + in (B, K) W (N, K)^T, one dot product per output, for the batch sizes
- * of online use where a BLAS call costs more than the arithmetic.
+ * out (B, N), rows ldo apart, = in (B, K) w (N, K)^T, or += with accumulate: the per-step
+ * product of small batches, where a BLAS call costs more than its work. Two batch rows share
+ * each pass over eight weight rows: sixteen independent accumulators hide the FMA latency and
+ * the weights stream from cache once per two rows.
  */
-CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, const REAL *in, const REAL *w, int B, int N, int K,
-                                     int accumulate)
+CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const REAL *w, int B,
+                                     int N, int K, int accumulate)
 {
-    for (int b = 0; b < B; b++) {
-        const REAL *restrict v = in + (long)b * K;
-        REAL *restrict o = out + (long)b * N;
+    int b = 0;
+    for (; b + 2 <= B; b += 2) {
+        const REAL *restrict u = in + (long)b * K;
+        const REAL *restrict v = u + K;
+        REAL *restrict o = out + (long)b * ldo;
+        REAL *restrict q = o + ldo;
         int n = 0;
-        /* eight rows at a time: eight independent accumulators hide the FMA latency */
+        for (; n + 8 <= N; n += 8) {
+            const REAL *restrict w0 = w + (long)n * K;
+            REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+            REAL c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4, a5, a6, a7, c0, c1, c2, c3, c4, c5, c6, c7)
+            for (int k = 0; k < K; k++) {
+                REAL uk = u[k], vk = v[k];
+                REAL r0 = w0[k], r1 = w0[K + k], r2 = w0[2 * K + k], r3 = w0[3 * K + k];
+                REAL r4 = w0[4 * K + k], r5 = w0[5 * K + k], r6 = w0[6 * K + k];
+                REAL r7 = w0[7 * K + k];
+                a0 += r0 * uk; a1 += r1 * uk; a2 += r2 * uk; a3 += r3 * uk;
+                a4 += r4 * uk; a5 += r5 * uk; a6 += r6 * uk; a7 += r7 * uk;
+                c0 += r0 * vk; c1 += r1 * vk; c2 += r2 * vk; c3 += r3 * vk;
+                c4 += r4 * vk; c5 += r5 * vk; c6 += r6 * vk; c7 += r7 * vk;
+            }
+            REAL first[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            REAL second[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
+            for (int i = 0; i < 8; i++) {
+                o[n + i] = accumulate ? o[n + i] + first[i] : first[i];
+                q[n + i] = accumulate ? q[n + i] + second[i] : second[i];
+            }
+        }
+        for (; n < N; n++) {
+            const REAL *restrict row = w + (long)n * K;
+            REAL a = 0, c = 0;
+#pragma omp simd reduction(+ : a, c)
+            for (int k = 0; k < K; k++) {
+                a += row[k] * u[k];
+                c += row[k] * v[k];
+            }
+            o[n] = accumulate ? o[n] + a : a;
+            q[n] = accumulate ? q[n] + c : c;
+        }
+    }
+    for (; b < B; b++) {
+        const REAL *restrict v = in + (long)b * K;
+        REAL *restrict o = out + (long)b * ldo;
+        int n = 0;
         for (; n + 8 <= N; n += 8) {
             const REAL *restrict w0 = w + (long)n * K;
             REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;

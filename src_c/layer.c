@@ -72,6 +72,9 @@ cgru_status cgru_layer_workspace_size(const cgru_layer_config *cfg, size_t *save
     return CGRU_OK;
 }
 
+/* Batches up to this size use the hand-written per-step product (gates.h) instead of BLAS. */
+#define SMALL_BATCH 8
+
 /* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
 static int loop_slices(int n_threads, int H, int align)
 {

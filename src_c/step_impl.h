@@ -5,8 +5,8 @@
 static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *W, int B, int N,
                             int K, int accumulate)
 {
-    if (B <= STEP_SMALL_BATCH && ldc == N && lda == K)
-        FN(small_matmul_wt)(C, A, W, B, N, K, accumulate);
+    if (B <= STEP_SMALL_BATCH && lda == K)
+        FN(small_matmul_wt)(C, ldc, A, W, B, N, K, accumulate);
     else
         FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, accumulate ? 1 : 0, C, ldc);
 }
