@@ -118,8 +118,9 @@ def test_keras_gru_layer_converts_both_ways(keras, reset_after, use_bias, return
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "ave", "mul"])
-def test_keras_bidirectional_converts_both_ways(keras, merge_mode):
-    layer = keras.layers.Bidirectional(keras.layers.GRU(5, return_sequences=True,
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_keras_bidirectional_converts_both_ways(keras, merge_mode, return_sequences):
+    layer = keras.layers.Bidirectional(keras.layers.GRU(5, return_sequences=return_sequences,
                                                         bias_initializer="uniform"),
                                        merge_mode=merge_mode)
     x = np.random.default_rng(1).standard_normal((2, 6, 3)).astype(np.float32)
