@@ -174,8 +174,11 @@ def _info():
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
     for lib in threadpool_info():
         if lib.get("user_api") == "blas":
-            print(f"  {lib.get('internal_api')} {lib.get('version')} "
-                  f"({lib.get('num_threads')} threads by default): {lib.get('filepath')}")
+            path = lib.get("filepath") or ""
+            whose = "SciPy's, used by cgru" if "scipy" in os.path.basename(
+                os.path.dirname(path)) else "loaded by another package"
+            print(f"  {lib.get('internal_api')} {lib.get('version')} ({whose}; "
+                  f"{lib.get('num_threads')} threads by default): {path}")
 
 
 def main(argv=None):
