@@ -259,7 +259,7 @@ def export_onnx(gru_or_model, path, lengths=False):
     architecture also goes into the file's metadata, so load_onnx restores it exactly.
     """
     onnx = _require("onnx", "onnx")
-    helper, TensorProto = onnx.helper, onnx.TensorProto
+    helper = onnx.helper
     obj = gru_or_model
     if isinstance(obj, GRU):
         graph, inputs, outputs, meta = _export_gru(onnx, obj, lengths)
