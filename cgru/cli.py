@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from . import forecast
 
 # weekly data: two years in, a quarter ahead, yearly season
@@ -108,7 +110,7 @@ def _settings(args):
 def _train(path, column, time_column, settings, model_path, plot_path, quiet, title):
     times, values = forecast.read_series(path, column, time_column)
     forecast.require_rows(values, path)
-    gaps = int(sum(1 for v in values if v != v))
+    gaps = int(np.isnan(values).sum())
     series = forecast.fill_gaps(values)
     print(f"{path}: {len(series)} values of {column!r}"
           + (f" from {times[0]} to {times[-1]}" if times else "")
@@ -166,11 +168,8 @@ def _info():
     print(f"build flags: {facts['build_flags']}")
     print("BLAS: SciPy's, through scipy.linalg.cython_blas"
           + ("; held to one thread per engine call" if facts["blas_threads_controlled"] else ""))
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        print("  (install threadpoolctl to see which BLAS library that is)")
-        return
+    from threadpoolctl import threadpool_info
+
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl can see it)
     for lib in threadpool_info():
         if lib.get("user_api") == "blas":

@@ -7,6 +7,8 @@ seed gives the same weights.
 """
 import numpy as np
 
+from . import _registry
+
 # Standard deviation of a unit normal truncated to [-2, 2]; dividing by it gives the truncated
 # draw the variance asked for (as Keras's variance-scaling initializers do).
 _TRUNCATED_STD = 0.87962566103423978
@@ -171,22 +173,16 @@ _BY_NAME = {
     "glorot_normal": GlorotNormal, "xavier_normal": GlorotNormal, "he_uniform": HeUniform,
     "he_normal": HeNormal, "orthogonal": Orthogonal,
 }
-_CLASSES = {cls.__name__: cls for cls in set(_BY_NAME.values())}
 
 
 def get(identifier, argument="initializer"):
     """An initializer from a name ('glorot_uniform', 'orthogonal', ...) or an instance."""
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"{argument} must be one of {sorted(_BY_NAME)} or a cgru.initializers "
-                     f"instance, got {identifier!r}")
+    return _registry.resolve(identifier, Initializer, _BY_NAME, argument, "initializers")
 
 
 def serialize(initializer):
-    return {"class": type(initializer).__name__, "config": initializer.get_config()}
+    return _registry.serialize(initializer)
 
 
 def deserialize(spec):
-    return _CLASSES[spec["class"]](**spec["config"])
+    return _registry.deserialize(spec, set(_BY_NAME.values()))

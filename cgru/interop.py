@@ -99,7 +99,7 @@ def _gru_from_keras_config(config, where):
                        dropout=config.get("dropout", 0.0), use_bias=config.get("use_bias", True))
 
 
-def _layer_from_keras(layer, dtype):
+def _layer_from_keras(layer):
     """(cgru layer, Keras weights) for one Keras layer; None for layers without computation."""
     kind = type(layer).__name__
     where = f"Keras layer '{layer.name}' ({kind})"
@@ -148,13 +148,13 @@ def from_keras(layer_or_model):
         keras_layers = [obj]
     else:
         raise TypeError(f"from_keras converts a Keras Sequential or layer, got {kind}")
-    weights_of = [w for w in (l.get_weights() for l in keras_layers)]
+    weights_of = [l.get_weights() for l in keras_layers]
     if any(not l.built for l in keras_layers) or not any(weights_of):
         raise ValueError("from_keras: build the Keras model first (call it on data or give it "
                          "an Input), so its weights exist")
     dtype = "float64" if any(w.dtype == np.float64 for ws in weights_of for w in ws) \
         else "float32"
-    converted = [c for c in (_layer_from_keras(l, dtype) for l in keras_layers) if c[0]]
+    converted = [c for c in (_layer_from_keras(l) for l in keras_layers) if c[0]]
     features = next(w[0].shape[0] for _, w in converted if w)
     model = Sequential([layer for layer, _ in converted], dtype=dtype,
                        name=getattr(obj, "name", "sequential") if kind == "Sequential" else

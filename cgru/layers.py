@@ -325,8 +325,11 @@ class Bidirectional(Layer):
             raise ValueError(f"Bidirectional: merge_mode must be one of {self.MERGE_MODES}, got "
                              f"{merge_mode!r}")
         self.layer = layer
-        self.merge_mode = merge_mode
         layer.directions, layer.merge_mode = 2, merge_mode
+
+    @property
+    def merge_mode(self):
+        return self.layer.merge_mode
 
     def build(self, input_shape, rng, dtype):
         if self.layer.name is None:

@@ -7,6 +7,8 @@ element-wise losses, over units too, as Keras does.
 """
 import numpy as np
 
+from . import _registry
+
 # Keras clips probabilities into [EPSILON, 1 - EPSILON] before taking logs.
 EPSILON = 1e-7
 
@@ -172,22 +174,16 @@ _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
 }
-_CLASSES = {cls.__name__: cls for cls in set(_BY_NAME.values())}
 
 
 def get(identifier):
     """A loss from a name ('mse', 'binary_crossentropy', ...) or an instance."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"loss must be one of {sorted(_BY_NAME)} or a cgru.losses instance, got "
-                     f"{identifier!r}")
+    return _registry.resolve(identifier, Loss, _BY_NAME, "loss", "losses")
 
 
 def serialize(loss):
-    return {"class": type(loss).__name__, "config": loss.get_config()}
+    return _registry.serialize(loss)
 
 
 def deserialize(spec):
-    return _CLASSES[spec["class"]](**spec["config"])
+    return _registry.deserialize(spec, set(_BY_NAME.values()))

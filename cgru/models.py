@@ -521,25 +521,6 @@ def _positive_int(value, name):
 
 
 def _progress_bar(total, epoch, epochs):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # no tqdm: a plain line per epoch instead of a bar
-        return _PlainProgress(epoch, epochs)
+    from tqdm import tqdm  # imported here: importing cgru does not import tqdm
     return tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
                 dynamic_ncols=True)
-
-
-class _PlainProgress:
-    def __init__(self, epoch, epochs):
-        self.prefix = f"Epoch {epoch + 1}/{epochs}"
-        self.postfix = {}
-
-    def update(self, n):
-        pass
-
-    def set_postfix(self, values=None, refresh=True, **kwargs):
-        self.postfix = dict(values or {}, **kwargs)
-
-    def close(self):
-        print(self.prefix + " - " + " - ".join(f"{k}: {v}" for k, v in self.postfix.items()),
-              file=sys.stderr)

@@ -12,12 +12,20 @@ import math
 
 import numpy as np
 
-from . import schedules
+from . import _registry, schedules
 
 
 def _non_negative(value, name, cls):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or value < 0:
         raise ValueError(f"{cls}: {name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _fraction(value, name, cls):
+    """A decay or momentum factor: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not 0 <= value < 1:
+        raise ValueError(f"{cls}: {name} must be in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -137,9 +145,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        if not isinstance(momentum, (int, float, np.floating)) or not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = _fraction(momentum, "momentum", "SGD")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
@@ -172,10 +178,8 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not isinstance(value, (int, float, np.floating)) or not 0 <= value < 1:
-                raise ValueError(f"Adam: {name} must be in [0, 1), got {value!r}")
-        self.beta_1, self.beta_2 = float(beta_1), float(beta_2)
+        self.beta_1 = _fraction(beta_1, "beta_1", "Adam")
+        self.beta_2 = _fraction(beta_2, "beta_2", "Adam")
         self.epsilon = _optional_positive(epsilon, "epsilon", "Adam")
 
     def _update(self, param, grad, lr, slots):
@@ -200,10 +204,8 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
                  **kwargs):
         super().__init__(learning_rate, **kwargs)
-        for name, value in (("rho", rho), ("momentum", momentum)):
-            if not isinstance(value, (int, float, np.floating)) or not 0 <= value < 1:
-                raise ValueError(f"RMSprop: {name} must be in [0, 1), got {value!r}")
-        self.rho, self.momentum = float(rho), float(momentum)
+        self.rho = _fraction(rho, "rho", "RMSprop")
+        self.momentum = _fraction(momentum, "momentum", "RMSprop")
         self.epsilon = _optional_positive(epsilon, "epsilon", "RMSprop")
         self.centered = bool(centered)
         self.slot_names = ("velocity",) + (("average_grad",) if self.centered else ()) + \
@@ -235,25 +237,19 @@ class RMSprop(Optimizer):
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
-_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
 
 
 def get(identifier):
     """An optimizer from a name ('adam', 'sgd', 'rmsprop', with Keras's defaults) or an instance."""
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"optimizer must be one of {sorted(_BY_NAME)} or a cgru.optimizers "
-                     f"instance, got {identifier!r}")
+    return _registry.resolve(identifier, Optimizer, _BY_NAME, "optimizer", "optimizers")
 
 
 def serialize(optimizer):
-    return {"class": type(optimizer).__name__, "config": optimizer.get_config()}
+    return _registry.serialize(optimizer)
 
 
 def deserialize(spec):
     config = dict(spec["config"])
     if isinstance(config["learning_rate"], dict):
         config["learning_rate"] = schedules.deserialize(config["learning_rate"])
-    return _CLASSES[spec["class"]](**config)
+    return _registry.deserialize({"class": spec["class"], "config": config}, _BY_NAME.values())

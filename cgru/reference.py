@@ -117,7 +117,7 @@ def gru_forward(x, params, h0=None, *, num_layers=1, bidirectional=False, reset_
 def gru_backward(dy, dh_n, cache):
     """Gradients of a gru_forward: returns dx (T, B, I), dh0 and a dict of parameter gradients."""
     params, D, reset_after = cache["params"], cache["D"], cache["reset_after"]
-    num_layers, lengths = cache["num_layers"], cache["lengths"]
+    num_layers = cache["num_layers"]
     T, B, _ = dy.shape
     H = params["weight_hh_l0"].shape[1]
     grads = {k: np.zeros_like(v) for k, v in params.items()}

@@ -5,6 +5,8 @@ size b is ceil(N / b) updates.
 """
 import math
 
+from . import _registry
+
 
 class LearningRateSchedule:
     def get_config(self):
@@ -55,12 +57,9 @@ class StepDecay(LearningRateSchedule):
         return self.initial_learning_rate * self.factor ** (step // self.step_size)
 
 
-_CLASSES = {"ExponentialDecay": ExponentialDecay, "StepDecay": StepDecay}
-
-
 def serialize(schedule):
-    return {"class": type(schedule).__name__, "config": schedule.get_config()}
+    return _registry.serialize(schedule)
 
 
 def deserialize(spec):
-    return _CLASSES[spec["class"]](**spec["config"])
+    return _registry.deserialize(spec, (ExponentialDecay, StepDecay))

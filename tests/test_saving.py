@@ -21,6 +21,15 @@ def make_model(seed=0):
     return model
 
 
+def saved_model(tmp_path):
+    """A built (untrained) model and the file it was saved to."""
+    model = make_model()
+    model.build((None, 9, 3))
+    path = tmp_path / "m.npz"
+    model.save(path)
+    return model, path
+
+
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
@@ -66,10 +75,7 @@ def test_without_optimizer_state_the_optimizer_starts_fresh(tmp_path, data):
 
 def test_a_crash_while_saving_leaves_the_previous_file_intact(tmp_path, data, monkeypatch):
     x, y = data
-    model = make_model()
-    model.build((None, 9, 3))
-    path = tmp_path / "m.npz"
-    model.save(path)
+    model, path = saved_model(tmp_path)
     before = path.read_bytes()
     model.fit(x, y, epochs=1, verbose=0)
 
@@ -85,20 +91,14 @@ def test_a_crash_while_saving_leaves_the_previous_file_intact(tmp_path, data, mo
 
 
 def test_truncated_file_is_reported(tmp_path):
-    path = tmp_path / "m.npz"
-    model = make_model()
-    model.build((None, 9, 3))
-    model.save(path)
+    _, path = saved_model(tmp_path)
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
     with pytest.raises(ValueError, match="truncated or corrupted"):
         cgru.load_model(path)
 
 
 def test_corrupted_bytes_are_reported(tmp_path):
-    path = tmp_path / "m.npz"
-    model = make_model()
-    model.build((None, 9, 3))
-    model.save(path)
+    _, path = saved_model(tmp_path)
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as z:  # flip bytes inside the first weight array's data
         info = z.getinfo("weights/gru/weight_ih_l0.npy")
@@ -139,20 +139,14 @@ def rewrite_description(path, change):
 
 
 def test_weights_that_do_not_fit_the_architecture_are_named(tmp_path):
-    path = tmp_path / "m.npz"
-    model = make_model()
-    model.build((None, 9, 3))
-    model.save(path)
+    _, path = saved_model(tmp_path)
     rewrite_description(path, lambda d: d["layers"][3]["config"].update(units=7))
     with pytest.raises(ValueError, match="weight 'weights/gru_1/weight_ih_l0'"):
         cgru.load_model(path)
 
 
 def test_a_newer_format_version_is_refused(tmp_path):
-    path = tmp_path / "m.npz"
-    model = make_model()
-    model.build((None, 9, 3))
-    model.save(path)
+    _, path = saved_model(tmp_path)
     rewrite_description(path, lambda d: d.update(format_version=99))
     with pytest.raises(ValueError, match="format version 99"):
         cgru.load_model(path)
