@@ -45,7 +45,7 @@ def training_memory_lines():
     from cgru import _engine
     lines = []
     for T, B, I, H in [(100, 64, 128, 256), (50, 128, 512, 512)]:
-        saved, scratch = _engine.layer_workspace_size(T, B, I, H, True, True)
+        saved, scratch = _engine.layer_workspace_size(T, B, I, H, True, True, 2)
         # BPTT must keep h_{t-1}, r, z, n and W_hn h + b_hn for every step: 5*T*B*H values
         needed = 5 * T * B * H
         gru = cgru.GRU(I, H, seed=0)

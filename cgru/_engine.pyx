@@ -37,6 +37,8 @@ cdef extern from "cgru.h":
     int cgru_openmp_enabled() nogil
     int cgru_get_num_threads() nogil
     void cgru_set_num_threads(int) nogil
+    void cgru_set_panels_mode(int) nogil
+    int cgru_get_panels() nogil
 
     ctypedef struct cgru_layer_config:
         int time_steps, batch, input_size, hidden_size
@@ -179,6 +181,15 @@ def set_num_threads(int n):
     cgru_set_num_threads(n)
 
 
+def set_panels_mode(int mode):
+    """Per-step products on packed panels (1), on BLAS (0), or as the CPU suggests (-1)."""
+    cgru_set_panels_mode(mode)
+
+
+def panels_in_use():
+    return bool(cgru_get_panels())
+
+
 # ---- status codes --------------------------------------------------------------------------------
 
 cdef int _check(cgru_status status, str what) except -1:
@@ -225,9 +236,10 @@ cdef cgru_layer_config _config(int T, int B, int I, int H, bint reset_after, bin
     return c
 
 
-def layer_workspace_size(int T, int B, int I, int H, bint reset_after, bint training):
-    """(saved, scratch) element counts of one layer and direction."""
-    cdef cgru_layer_config c = _config(T, B, I, H, reset_after, False, training, 1)
+def layer_workspace_size(int T, int B, int I, int H, bint reset_after, bint training,
+                         int n_threads):
+    """(saved, scratch) element counts of one layer and direction run on n_threads."""
+    cdef cgru_layer_config c = _config(T, B, I, H, reset_after, False, training, n_threads)
     cdef size_t saved = 0, scratch = 0
     _check(cgru_layer_workspace_size(&c, &saved, &scratch), "layer_workspace_size")
     return int(saved), int(scratch)

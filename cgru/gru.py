@@ -231,7 +231,7 @@ class GRU:
         # One workspace per call, carved into named regions: a saved block per layer and
         # direction (kept for backward in training mode, shared in inference mode) and scratch.
         inputs = [self.input_size] + [D * H] * (L - 1)
-        sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, training)
+        sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, training, n_threads)
                  for I in inputs]
         n_saved = [s for s, _ in sizes]
         scratch_size = max(s for _, s in sizes)
@@ -313,6 +313,11 @@ class GRU:
 
         n_threads = _engine.get_num_threads()
         scratch = context["scratch"]
+        inputs = [self.input_size] + [D * H] * (L - 1)
+        need = max(_engine.layer_workspace_size(T, B, I, H, self.reset_after, True, n_threads)[1]
+                   for I in inputs)
+        if scratch.size < need:  # the thread count grew since the forward
+            scratch = np.empty(need, self.dtype)
         dh0 = np.empty((L * D, B, H), self.dtype)
         for layer in range(L - 1, -1, -1):
             layer_input, saved_blocks, _ = context["layers"][layer]

@@ -20,6 +20,7 @@
 
 #include "blas.h"
 #include "gates.h"
+#include "panels.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -33,6 +34,64 @@ typedef struct {
 
 static size_t pad(size_t n) { return (n + 15) / 16 * 16; }
 
+int cgru_panels_mode = -1;
+
+void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode > 0); }
+int cgru_get_panels(void) { return cgru_panels_preferred(); }
+
+/* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
+static int loop_slices(int n_threads, int H, int align)
+{
+    int most = H / align;
+    if (most < 1) most = 1;
+    if (n_threads < 1) n_threads = 1;
+    return n_threads < most ? n_threads : most;
+}
+
+/*
+ * W_hh of one slice of hs hidden units, packed into panels (panels.h), in elements:
+ *   forward  reset_after=1: (H, 3hs)             reset_after=0: (H, 2hs) then (H, hs)
+ *   backward reset_after=1: (3H, hs)             reset_after=0: (2H, hs) then (H, hs)
+ * The backward's operand is W_hh's own columns; the forward's is W_hh's rows, transposed.
+ */
+static size_t slice_packed_elems(int H, int hs, int reset_after, int backward, int panel)
+{
+    if (backward)
+        return reset_after ? cgru_panels_size(3 * H, hs, panel)
+                           : cgru_panels_size(2 * H, hs, panel) + cgru_panels_size(H, hs, panel);
+    return reset_after ? cgru_panels_size(H, 3 * hs, panel)
+                       : cgru_panels_size(H, 2 * hs, panel) + cgru_panels_size(H, hs, panel);
+}
+
+/* Where slice k's packed W_hh starts, and (k = n_slices) the end of the last one. */
+static size_t slice_packed_offset(int k, int H, int n_slices, int reset_after, int backward,
+                                  int align, int panel)
+{
+    size_t offset = 0;
+    for (int i = 0; i < k; i++) {
+        int hs = cgru_block_start(i + 1, H, n_slices, align) - cgru_block_start(i, H, n_slices, align);
+        offset += pad(slice_packed_elems(H, hs, reset_after, backward, panel));
+    }
+    return offset;
+}
+
+/* The packed-weights region: the larger of forward's and backward's, for either dtype, and no
+ * smaller than the (3H, H) copy the BLAS path packs. */
+static size_t packed_region(const cgru_layer_config *c)
+{
+    size_t most = (size_t)3 * c->hidden_size * c->hidden_size;
+    const int align[2] = {16, 8}, elem[2] = {sizeof(float), sizeof(double)};
+    for (int d = 0; d < 2; d++) {
+        int n_slices = loop_slices(c->n_threads, c->hidden_size, align[d]);
+        for (int backward = 0; backward < 2; backward++) {
+            size_t n = slice_packed_offset(n_slices, c->hidden_size, n_slices, c->reset_after,
+                                           backward, align[d], CGRU_PANEL_WIDTH(elem[d]));
+            if (n > most) most = n;
+        }
+    }
+    return most;
+}
+
 static layer_layout layout_of(const cgru_layer_config *c)
 {
     size_t T = c->time_steps, B = c->batch, H = c->hidden_size;
@@ -43,7 +102,7 @@ static layer_layout layout_of(const cgru_layer_config *c)
     L.extra = L.gates + pad(T * B * 3 * H);               /* (T, B, 3H) */
     L.saved_total = L.extra + pad((c->training ? T : 1) * B * H);  /* (T, B, H) hn or r*h */
     L.w_packed = 0;
-    L.gh = L.w_packed + pad(3 * H * H);                   /* (3H, H) */
+    L.gh = L.w_packed + pad(packed_region(c));           /* W_hh, packed per thread slice */
     L.bias = L.gh + pad(B * 3 * H);                       /* (B, 3H) */
     L.hn_bias = L.bias + pad(3 * H);                      /* (3H) */
     L.dh_a = L.hn_bias + pad(H);                          /* (H) */
@@ -75,14 +134,6 @@ cgru_status cgru_layer_workspace_size(const cgru_layer_config *cfg, size_t *save
 /* Batches up to this size use the hand-written per-step product (gates.h) instead of BLAS. */
 #define SMALL_BATCH 8
 
-/* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
-static int loop_slices(int n_threads, int H, int align)
-{
-    int most = H / align;
-    if (most < 1) most = 1;
-    if (n_threads < 1) n_threads = 1;
-    return n_threads < most ? n_threads : most;
-}
 
 #define CGRU_DOUBLE 0
 #include "layer_impl.h"

@@ -10,7 +10,8 @@ static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int
 }
 
 /* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
- * (3H, H), from row 3*j0 on, so each thread's recurrent GEMM is one call on contiguous rows. */
+ * (3H, H), from row 3*j0 on, so each thread's recurrent GEMM is one BLAS call on contiguous rows.
+ * The BLAS path's layout; the panel path packs per slice inside the time loop's region. */
 static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices)
 {
 #ifdef _OPENMP
@@ -25,10 +26,44 @@ static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, 
     }
 }
 
-/* gh (B, N), rows ldg apart, = h (B, K) w (N, K)^T: the per-step recurrent product of one
- * thread's slice. From 2 to SMALL_BATCH rows the hand-written kernel beats a BLAS GEMM, whose
- * packing costs more than the arithmetic (measured, 2 threads: 2.2x faster at B = 4, H = 256;
- * 1.2x at B = 8, H = 128); one row goes to BLAS's GEMV, which is faster still there. */
+/* Forward panels of one slice [j0, j1) (see slice_packed_elems): the operand of h W_hh^T for
+ * the slice's rows of r, z and n, as columns [0, hs), [hs, 2hs), [2hs, 3hs); with reset_after=0
+ * the n columns are a second operand after the first (r * h_prev multiplies them). */
+static void FN(pack_forward_panels)(REAL *packed, const REAL *w_hh, int H, int j0, int j1,
+                                    int reset_after)
+{
+    const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    const int n_first = reset_after ? 3 : 2;  /* gates in the first operand */
+    for (int g = 0; g < n_first; g++)
+        FN(panels_pack)(packed, H, g * hs, w_hh + ((long)g * H + j0) * H, H, hs, 1);
+    FN(panels_clear_tail)(packed, H, n_first * hs);
+    if (!reset_after) {
+        REAL *second = packed + cgru_panels_size(H, 2 * hs, panel);
+        FN(panels_pack)(second, H, 0, w_hh + (2L * H + j0) * H, H, hs, 1);
+        FN(panels_clear_tail)(second, H, hs);
+    }
+}
+
+/* Backward panels of one slice: W_hh's columns [j0, j1) as a (3H, hs) operand; with
+ * reset_after=0 rows [0, 2H) and [2H, 3H) (W_hn) as two operands. */
+static void FN(pack_backward_panels)(REAL *packed, const REAL *w_hh, int H, int j0, int j1,
+                                     int reset_after)
+{
+    const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    const int K = reset_after ? 3 * H : 2 * H;
+    FN(panels_pack)(packed, K, 0, w_hh + j0, H, hs, 0);
+    FN(panels_clear_tail)(packed, K, hs);
+    if (!reset_after) {
+        REAL *second = packed + cgru_panels_size(K, hs, panel);
+        FN(panels_pack)(second, H, 0, w_hh + 2L * H * H + j0, H, hs, 0);
+        FN(panels_clear_tail)(second, H, hs);
+    }
+}
+
+/* gh (B, N), rows ldg apart, = h (B, K) w (N, K)^T on the BLAS path: the per-step recurrent
+ * product of one thread's slice. From 2 to SMALL_BATCH rows the hand-written kernel beats a BLAS
+ * GEMM, whose packing costs more than the arithmetic (measured, 2 threads: 2.2x faster at B = 4,
+ * H = 256; 1.2x at B = 8, H = 128); one row goes to BLAS's GEMV, which is faster still there. */
 static inline void FN(recurrent_matmul)(REAL *gh, int ldg, const REAL *h, const REAL *w, int B,
                                         int N, int K)
 {
@@ -67,9 +102,11 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     }
     FN(cgru_gemm_split)(p, 0, 1, TB, G, I, 1, x, I, w_ih, I, b_ih ? 1 : 0, gates, G);
 
-    /* 2. pack W_hh by slices */
+    /* 2. pack W_hh by slices: here for BLAS, inside the loop's region (each thread its own
+     *    slices) for the panel product */
     const int n_slices = loop_slices(p, H, ALIGN);
-    FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
+    const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    if (!panels) FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
 
@@ -88,6 +125,14 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
 #else
         const int me = 0, team = 1;
 #endif
+        if (panels) {
+            for (int k = me; k < n_slices; k += team) {
+                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                if (j1 > j0)
+                    FN(pack_forward_panels)(w_packed + slice_packed_offset(k, H, n_slices, reset_after, 0, ALIGN, panel),
+                                            w_hh, H, j0, j1, reset_after);
+            }
+        }
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? T - 1 - s : s;
             const REAL *h_prev = FN(state_slot)(states, cfg, s, t, 0);  /* (B, H) */
@@ -99,9 +144,18 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                 int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 int hs = j1 - j0;
                 if (hs <= 0) continue;
-                const REAL *w_own = w_packed + 3L * j0 * H;  /* (3hs, H) */
+                /* BLAS path: (3hs, H) rows; panel path: see pack_forward_panels */
+                const REAL *w_own = panels ? w_packed + slice_packed_offset(k, H, n_slices, reset_after, 0, ALIGN, panel)
+                                           : w_packed + 3L * j0 * H;
                 REAL *gh_own = gh + 3L * B * j0;             /* (B, 3hs) */
-                if (reset_after) {
+                if (panels) {
+                    FN(panels_matmul)(gh_own, 3 * hs, h_prev, H, w_own, B, reset_after ? 3 * hs : 2 * hs, H, 0);
+                    if (reset_after)
+                        FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, rh_or_hn, gh_own, h_prev,
+                                                      b_hn, lengths, t, training, B, H, j0, j1);
+                    else
+                        FN(gates_forward_rz)(gx, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
+                } else if (reset_after) {
                     FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, 3 * hs, H);
                     FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
@@ -119,9 +173,15 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                     int hs = j1 - j0;
                     if (hs <= 0) continue;
-                    const REAL *w_own_n = w_packed + 3L * j0 * H + 2L * hs * H;  /* (hs, H) */
                     REAL *gh_own = gh + 3L * B * j0;
-                    FN(recurrent_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, w_own_n, B, hs, H);
+                    if (panels) {
+                        const REAL *second = w_packed + slice_packed_offset(k, H, n_slices, 0, 0, ALIGN, panel)
+                                             + cgru_panels_size(H, 2 * hs, panel);  /* (H, hs) */
+                        FN(panels_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, H, second, B, hs, H, 0);
+                    } else {
+                        const REAL *w_own_n = w_packed + 3L * j0 * H + 2L * hs * H;  /* (hs, H) */
+                        FN(recurrent_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, w_own_n, B, hs, H);
+                    }
                     FN(gates_forward_n)(h_new, y_t, ldy, gx, gh_own, h_prev, lengths, t, training,
                                         B, H, j0, j1);
                 }
@@ -155,6 +215,8 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     REAL *gates = saved + L.gates;    /* (T, B, 3H): [r|z|n] in, gate gradients out */
     REAL *extra = saved + L.extra;    /* (T, B, H): hn or r*h_prev */
     REAL *dh_a = scratch + L.dh_a, *dh_b = scratch + L.dh_b, *drh = scratch + L.drh;
+    REAL *w_packed = scratch + L.w_packed;  /* panel path: see pack_backward_panels */
+    const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
 
     if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
     else memset(dh_a, 0, sizeof(REAL) * B * H);
@@ -170,6 +232,14 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
 #else
         const int me = 0, team = 1;
 #endif
+        if (panels) {
+            for (int k = me; k < n_slices; k += team) {
+                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                if (j1 > j0)
+                    FN(pack_backward_panels)(w_packed + slice_packed_offset(k, H, n_slices, reset_after, 1, ALIGN, panel),
+                                             w_hh, H, j0, j1, reset_after);
+            }
+        }
         REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? s : T - 1 - s;
@@ -195,8 +265,14 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                 for (int k = me; k < n_slices; k += team) {
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                     if (j1 <= j0) continue;
-                    FN(cgru_gemm)(0, 0, B, j1 - j0, H, 1, g_t + 2 * H, G, w_hh + 2L * H * H + j0,
-                                  H, 0, drh + j0, H);
+                    if (panels) {
+                        const REAL *w_hn = w_packed + slice_packed_offset(k, H, n_slices, 0, 1, ALIGN, panel)
+                                           + cgru_panels_size(2 * H, j1 - j0, panel);  /* (H, hs) */
+                        FN(panels_matmul)(drh + j0, H, g_t + 2 * H, G, w_hn, B, j1 - j0, H, 0);
+                    } else {
+                        FN(cgru_gemm)(0, 0, B, j1 - j0, H, 1, g_t + 2 * H, G, w_hh + 2L * H * H + j0,
+                                      H, 0, drh + j0, H);
+                    }
                     FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
                 }
 #ifdef _OPENMP
@@ -209,7 +285,12 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             for (int k = me; k < n_slices; k += team) {
                 int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 if (j1 <= j0) continue;
-                FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
+                if (panels)
+                    FN(panels_matmul)(dh_prev + j0, H, g_t, G,
+                                      w_packed + slice_packed_offset(k, H, n_slices, reset_after, 1, ALIGN, panel),
+                                      B, j1 - j0, K, 1);
+                else
+                    FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
             }
             if (!reset_after) {
 #ifdef _OPENMP

@@ -1,0 +1,102 @@
+/* Typed body of panels.h, included once per dtype (see real_begin.h). */
+#include "real_begin.h"
+
+/* One AVX-512 register of REAL; loads and stores through it need only REAL's alignment. */
+typedef REAL FN(vec) __attribute__((vector_size(64), aligned(sizeof(REAL)), __may_alias__));
+#define VEC FN(vec)
+#define VL (64 / (int)sizeof(REAL))
+#define PANEL CGRU_PANEL_WIDTH(sizeof(REAL))
+
+/* Zero the padding columns of the last panel of a packed (K, N) operand. */
+static void FN(panels_clear_tail)(REAL *packed, int K, int N)
+{
+    int tail = N % PANEL;
+    if (tail == 0) return;
+    REAL *last = packed + (size_t)K * (N / PANEL) * PANEL;  /* (K, PANEL) */
+    for (int k = 0; k < K; k++) memset(last + (size_t)k * PANEL + tail, 0, sizeof(REAL) * (PANEL - tail));
+}
+
+/*
+ * Columns [col0, col0 + ncols) of a packed (K, N) operand from src:
+ *   transposed = 1: column c is row c of src (ncols, K), rows ld apart (a weight matrix whose
+ *                   rows are output units, as W_hh for h W_hh^T);
+ *   transposed = 0: column c is column c of src (K, ncols), rows ld apart.
+ */
+static void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *src, int ld, int ncols,
+                            int transposed)
+{
+    for (int c = 0; c < ncols; c++) {
+        int col = col0 + c;
+        REAL *dst = packed + (size_t)K * (col / PANEL) * PANEL + col % PANEL;  /* stride PANEL */
+        if (transposed) {
+            const REAL *row = src + (long)c * ld;
+            for (int k = 0; k < K; k++) dst[(size_t)k * PANEL] = row[k];
+        } else {
+            for (int k = 0; k < K; k++) dst[(size_t)k * PANEL] = src[(long)k * ld + c];
+        }
+    }
+}
+
+/*
+ * One tile: C[0:rows, 0:cols] (ldc) = (or +=) A[0:rows, 0:K] (lda) times one panel (K, PANEL).
+ * rows is 1..TILE_ROWS and a constant where this is inlined, so the accumulators live in
+ * registers; cols < PANEL only for the last panel, whose extra columns are computed and dropped.
+ */
+static inline __attribute__((always_inline)) void FN(panels_tile)(
+    REAL *C, int ldc, const REAL *A, int lda, const REAL *panel, int K, int rows, int cols,
+    int accumulate)
+{
+    VEC acc[TILE_ROWS][PANEL_VECTORS];
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < PANEL_VECTORS; v++) acc[i][v] = (VEC){0};
+    for (int k = 0; k < K; k++) {
+        const REAL *bk = panel + (size_t)k * PANEL;
+        VEC b[PANEL_VECTORS];
+        for (int v = 0; v < PANEL_VECTORS; v++) b[v] = *(const VEC *)(bk + v * VL);
+        for (int i = 0; i < rows; i++) {
+            REAL a = A[(long)i * lda + k];
+            for (int v = 0; v < PANEL_VECTORS; v++) acc[i][v] += b[v] * a;
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        REAL *c = C + (long)i * ldc;
+        if (cols == PANEL) {
+            for (int v = 0; v < PANEL_VECTORS; v++) {
+                VEC *cv = (VEC *)(c + v * VL);
+                if (accumulate) *cv += acc[i][v];
+                else *cv = acc[i][v];
+            }
+        } else {
+            REAL full[PANEL];
+            for (int v = 0; v < PANEL_VECTORS; v++) *(VEC *)(full + v * VL) = acc[i][v];
+            for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + full[j] : full[j];
+        }
+    }
+}
+
+/* C (M, N), rows ldc apart, = A (M, K) B (K, N), or += with accumulate; B packed as above. */
+CGRU_KERNEL void FN(panels_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *packed,
+                                   int M, int N, int K, int accumulate)
+{
+    for (int n0 = 0; n0 < N; n0 += PANEL) {
+        const REAL *panel = packed + (size_t)K * n0;  /* (K, PANEL) */
+        int cols = N - n0 < PANEL ? N - n0 : PANEL;
+        int m = 0;
+        for (; m + TILE_ROWS <= M; m += TILE_ROWS)
+            FN(panels_tile)(C + (long)m * ldc + n0, ldc, A + (long)m * lda, lda, panel, K,
+                            TILE_ROWS, cols, accumulate);
+        REAL *c = C + (long)m * ldc + n0;
+        const REAL *a = A + (long)m * lda;
+        switch (M - m) {
+        case 3: FN(panels_tile)(c, ldc, a, lda, panel, K, 3, cols, accumulate); break;
+        case 2: FN(panels_tile)(c, ldc, a, lda, panel, K, 2, cols, accumulate); break;
+        case 1: FN(panels_tile)(c, ldc, a, lda, panel, K, 1, cols, accumulate); break;
+        default: break;
+        }
+    }
+}
+
+#undef VEC
+#undef VL
+#undef PANEL
+#include "real_end.h"
