@@ -1,0 +1,81 @@
+"""Both per-step product paths give the reference's results.
+
+The time loop multiplies by W_hh either on panels packed once per call (the default on CPUs with
+AVX-512) or through BLAS (elsewhere). Both are forced here in turn, on shapes that reach the
+edges of the panel product: batches around its four-row tile, hidden sizes around its panel
+width and the thread slices, and all four gate layouts (reset_after x training).
+"""
+import numpy as np
+import pytest
+
+import cgru
+from cgru import _engine
+from conftest import assert_close, run_engine_and_reference
+
+PATHS = {"panels": 1, "blas": 0}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def product_path(request):
+    _engine.set_panels_mode(PATHS[request.param])
+    yield request.param
+    _engine.set_panels_mode(-1)
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8, 9, 13])
+@pytest.mark.parametrize("H", [1, 20, 32, 97, 150])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_each_path_matches_the_reference_in_float64(product_path, B, H, reset_after, threads):
+    cgru.set_num_threads(threads)
+    config = dict(T=5, B=B, I=7, H=H, num_layers=1, bidirectional=True, reset_after=reset_after,
+                  dtype="float64", batch_first=False, bias=True, lengths=B > 1)
+    engine, ref = run_engine_and_reference(config, np.random.default_rng(B * 1000 + H))
+    for name in ref:
+        assert_close(engine[name], ref[name], "float64", what=f"{product_path}: {name}")
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_each_path_matches_the_reference_in_float32_on_a_large_layer(product_path, reset_after):
+    cgru.set_num_threads(2)
+    config = dict(T=4, B=37, I=50, H=300, num_layers=2, bidirectional=False,
+                  reset_after=reset_after, dtype="float32", batch_first=False, bias=False,
+                  lengths=True)
+    engine, ref = run_engine_and_reference(config, np.random.default_rng(5))
+    for name in ref:
+        assert_close(engine[name], ref[name], "float32", what=f"{product_path}: {name}")
+
+
+def test_the_two_paths_agree_with_each_other_in_float64():
+    gru = cgru.GRU(6, 45, num_layers=2, dtype="float64", seed=1)
+    x = np.random.default_rng(0).standard_normal((8, 6, 6))
+    results = {}
+    for path, mode in PATHS.items():
+        _engine.set_panels_mode(mode)
+        try:
+            gru.zero_grad()
+            y, h_n = gru(x)
+            dx, dh0 = gru.backward(np.ones_like(y))
+            results[path] = [y, h_n, dx, dh0] + [g.copy() for g in gru.grads.values()]
+        finally:
+            _engine.set_panels_mode(-1)
+    for a, b in zip(results["panels"], results["blas"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_backward_runs_on_more_threads_than_its_forward():
+    """The scratch of a forward on one thread is too small for packing on more; backward sizes
+    its own."""
+    gru = cgru.GRU(5, 64, dtype="float64", seed=2)
+    x = np.random.default_rng(1).standard_normal((6, 3, 5))
+    cgru.set_num_threads(1)
+    y, _ = gru(x)
+    dx_one, _ = gru.backward(np.ones_like(y))
+    grads_one = {k: g.copy() for k, g in gru.grads.items()}
+    gru.zero_grad()
+    y, _ = gru(x)
+    cgru.set_num_threads(2)
+    dx_two, _ = gru.backward(np.ones_like(y))
+    np.testing.assert_allclose(dx_two, dx_one, rtol=1e-12, atol=1e-13)
+    for k in grads_one:
+        np.testing.assert_allclose(gru.grads[k], grads_one[k], rtol=1e-12, atol=1e-13)
