@@ -66,10 +66,10 @@ cdef extern from "cgru.h":
                                         const int64_t*, const cgru_layer_config*) nogil
     cgru_status cgru_step_f32(float*, const float*, const float*, const float* const*,
                               const float* const*, const float* const*, const float* const*,
-                              int, int, int, int, int) nogil
+                              int, int, int, int, int, int) nogil
     cgru_status cgru_step_f64(double*, const double*, const double*, const double* const*,
                               const double* const*, const double* const*, const double* const*,
-                              int, int, int, int, int) nogil
+                              int, int, int, int, int, int) nogil
 
     void cgru_activations_f32(float*, float*, const float*, long) nogil
     void cgru_activations_f64(double*, double*, const double*, long) nogil
@@ -346,47 +346,111 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     _check(status, "layer_backward")
 
 
-def step(h_out, h_in, x, list w_ih, list w_hh, list b_ih, list b_hh, bint reset_after):
-    """One time step through L unidirectional layers: h_out (L, B, H) from h_in and x (B, I)."""
-    cdef int L = len(w_hh), B = x.shape[0], I = x.shape[1], H = h_in.shape[2]
+cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, int rows,
+                             int cols):
+    """params[name] checked as gru.GRU._checked_params does: dtype, contiguity and exact shape.
+    cols = 0 for a bias (rows,)."""
+    obj = params.get(name)
+    if not cnp.PyArray_Check(obj) or cnp.PyArray_TYPE(<cnp.ndarray>obj) != type_num or \
+            not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj):
+        raise TypeError(f"params['{name}'] must be a C-contiguous {dtype} array; got "
+                        f"{type(obj).__name__} {getattr(obj, 'dtype', '')}")
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    if (cnp.PyArray_NDIM(a) != (2 if cols else 1) or a.shape[0] != rows
+            or (cols and a.shape[1] != cols)):
+        want = str((rows, cols)) if cols else str((rows,))
+        raise ValueError(f"params['{name}'] must have shape {want}, got {obj.shape}")
+    return a
+
+
+def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint reset_after,
+             bint bias, object dtype):
+    """One time step through L unidirectional layers (cgru.GRU.step): checks its arguments as
+    precisely as the Python layer would, in C, because it runs once per time step.
+
+    params: the GRU's parameter dict; names: (w_ih names, w_hh names, b_ih names, b_hh names),
+    one per layer; x_t (B, I) with h (L, B, H), or x_t (I,) with h (L, H); out: None or an array
+    of h's shape. Returns out, or a new array."""
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
-    dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
+    cdef int type_num = (<cnp.dtype?>dtype).type_num
+    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+        raise TypeError(f"step: dtype must be float32 or float64, got {dtype}")
+    if not cnp.PyArray_Check(x_t):
+        x_t = np.asarray(x_t)
+    if not cnp.PyArray_Check(h):
+        h = np.asarray(h)
+    cdef cnp.ndarray xa = <cnp.ndarray>x_t, ha = <cnp.ndarray>h
+    if cnp.PyArray_TYPE(xa) != type_num or cnp.PyArray_TYPE(ha) != type_num:
+        bad, name = (xa, "x_t") if cnp.PyArray_TYPE(xa) != type_num else (ha, "h")
+        raise TypeError(f"{name} has dtype {bad.dtype} but the GRU's parameters are {dtype}")
+    cdef int nd_x = cnp.PyArray_NDIM(xa), nd_h = cnp.PyArray_NDIM(ha)
+    cdef Py_ssize_t B, features
+    if nd_x == 1 and nd_h == 2:
+        B, features = 1, xa.shape[0]
+        shape_ok = ha.shape[0] == L and ha.shape[1] == H
+    elif nd_x == 2 and nd_h == 3:
+        B, features = xa.shape[0], xa.shape[1]
+        shape_ok = ha.shape[0] == L and ha.shape[1] == B and ha.shape[2] == H
+    else:
+        raise ValueError(f"step takes x_t (B, input_size) with h (num_layers, B, hidden_size), or "
+                         f"x_t (input_size,) with h (num_layers, hidden_size); got x_t "
+                         f"{x_t.shape} and h {h.shape}")
+    if features != I:
+        raise ValueError(f"x_t must have {I} features, got {features}")
+    if not shape_ok:
+        want = str((L, B, H)) if nd_h == 3 else str((L, H))
+        raise ValueError(f"h must have shape {want}, got {h.shape}")
+    if B == 0:
+        raise ValueError("x_t has a batch of 0 rows")
+    if out is None:
+        out = cnp.PyArray_EMPTY(nd_h, cnp.PyArray_DIMS(ha), type_num, 0)
+    elif (not cnp.PyArray_Check(out) or cnp.PyArray_TYPE(<cnp.ndarray>out) != type_num
+          or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+          or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) or out.shape != h.shape):
+        raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {h.shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+        xa = np.ascontiguousarray(xa)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(ha):
+        ha = np.ascontiguousarray(ha)
+
     cdef const void *wi[64]
     cdef const void *wh[64]
     cdef const void *bi[64]
     cdef const void *bh[64]
-    cdef bint has_bias = b_ih is not None and len(b_ih) > 0
-    cdef int l
+    cdef int l, G = 3 * H
+    cdef tuple n_ih = names[0], n_hh = names[1], nb_ih = names[2], nb_hh = names[3]
     for l in range(L):
-        wi[l] = _data(w_ih[l], dt, 3 * H * (I if l == 0 else H), "w_ih")
-        wh[l] = _data(w_hh[l], dt, 3 * H * H, "w_hh")
-        if has_bias:
-            bi[l] = _data(b_ih[l], dt, 3 * H, "b_ih")
-            bh[l] = _data(b_hh[l], dt, 3 * H, "b_hh")
-    cdef void *pout = _data(h_out, dt, L * B * H, "out")
-    cdef void *pin = _data(h_in, dt, L * B * H, "h")
-    cdef void *px = _data(x, dt, B * I, "x")
+        wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G,
+                                             I if l == 0 else H))
+        wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H))
+        if bias:
+            bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0))
+            bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0))
+    cdef void *pout = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef void *pin = cnp.PyArray_DATA(ha)
+    cdef void *px = cnp.PyArray_DATA(xa)
+    cdef int b = <int>B, n_threads = cgru_get_num_threads()
     cdef cgru_status status
-    # step() runs on the calling thread only (no OpenMP region), so SciPy's BLAS keeps its own
-    # thread setting: nothing to cap, and the two ctypes calls that capping costs are saved
-    if dt is _FLOAT32:
+    # step() shares work between threads only on its own kernels and calls BLAS from the calling
+    # thread alone, so SciPy's BLAS keeps its thread setting: nothing to cap, and the two ctypes
+    # calls that capping costs are saved
+    if type_num == cnp.NPY_FLOAT:
         with nogil:
             status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
                                    <const float* const*>wi, <const float* const*>wh,
-                                   <const float* const*>bi if has_bias else NULL,
-                                   <const float* const*>bh if has_bias else NULL,
-                                   L, B, I, H, reset_after)
-    elif dt is _FLOAT64:
+                                   <const float* const*>bi if bias else NULL,
+                                   <const float* const*>bh if bias else NULL,
+                                   L, b, I, H, reset_after, n_threads)
+    else:
         with nogil:
             status = cgru_step_f64(<double*>pout, <double*>pin, <double*>px,
                                    <const double* const*>wi, <const double* const*>wh,
-                                   <const double* const*>bi if has_bias else NULL,
-                                   <const double* const*>bh if has_bias else NULL,
-                                   L, B, I, H, reset_after)
-    else:
-        raise TypeError(f"step: dtype must be float32 or float64, got {dt}")
+                                   <const double* const*>bi if bias else NULL,
+                                   <const double* const*>bh if bias else NULL,
+                                   L, b, I, H, reset_after, n_threads)
     _check(status, "step")
+    return out
 
 
 def activations(x):

@@ -114,16 +114,18 @@ cgru_status cgru_layer_backward_f64(double *dx, int accumulate_dx, double *dh0, 
 
 /*
  * h_out (L, B, H) = the states after one step; h_in (L, B, H) may be the same buffer.
+ * n_threads: at most this many threads share the step (see step.c for when they do).
  * x (B, I0); w_ih[l] (3H, I_l) with I_0 = I0 and I_l = H above; w_hh[l] (3H, H);
  * b_ih[l], b_hh[l] (3H) or NULL arrays for no bias.
  */
 cgru_status cgru_step_f32(float *h_out, const float *h_in, const float *x, const float *const *w_ih,
                           const float *const *w_hh, const float *const *b_ih,
-                          const float *const *b_hh, int L, int B, int I0, int H, int reset_after);
+                          const float *const *b_hh, int L, int B, int I0, int H, int reset_after,
+                          int n_threads);
 cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
                           const double *const *w_ih, const double *const *w_hh,
                           const double *const *b_ih, const double *const *b_hh, int L, int B,
-                          int I0, int H, int reset_after);
+                          int I0, int H, int reset_after, int n_threads);
 
 /* ---- The activations the engine uses, over an array (activations.c; for tests) ------------- */
 

@@ -79,6 +79,15 @@ static inline int cgru_step_active(const int64_t *lengths, int b, int t)
 #define CGRU_KERNEL static
 #endif
 
+/* One 64-byte vector (an AVX-512 register) of each dtype, as GCC vector extensions; loads and
+ * stores through them need only the element's alignment. On CPUs without AVX-512 the compiler
+ * splits their operations into narrower ones. */
+typedef float cgru_vec_f32 __attribute__((vector_size(64), aligned(4), __may_alias__));
+typedef double cgru_vec_f64 __attribute__((vector_size(64), aligned(8), __may_alias__));
+/* Integer vectors of the same lane widths, for shuffles */
+typedef int32_t cgru_lanes_f32 __attribute__((vector_size(64)));
+typedef int64_t cgru_lanes_f64 __attribute__((vector_size(64)));
+
 #define CGRU_DOUBLE 0
 #include "gates_impl.h"
 #undef CGRU_DOUBLE

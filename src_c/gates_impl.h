@@ -229,6 +229,80 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const R
     }
 }
 
+/*
+ * out (N), += with accumulate, = w (N, K) v (K): one batch row of the step's products on weights
+ * as they lie (rows are output units). Each block of VL rows leaves one vector of partial sums
+ * per row, and one transposing reduction then sums all of them at once: log2(VL) rounds that each halve
+ * the vectors by adding the two halves of every pair's lanes, so a block of VL outputs costs
+ * 2 VL - 1 shuffle pairs instead of a horizontal sum per output. Leftover rows (N % VL) take the
+ * scalar path; leftover k (K % VL) are summed one by one.
+ */
+CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, int K,
+                              int accumulate)
+{
+    typedef FN(cgru_vec) vec;
+    typedef FN(cgru_lanes) lanes;
+    enum { VL = 64 / sizeof(REAL) };
+    const int K_vec = K / VL * VL;
+    int n = 0;
+    for (; n + VL <= N; n += VL) {
+        const REAL *block = w + (long)n * K;  /* (VL, K), contiguous */
+        vec acc[VL];
+        /* row by row, so that the block streams from cache in address order; two partial sums
+         * per row halve the dependency chain */
+        for (int i = 0; i < VL; i++) {
+            const REAL *row = block + (long)i * K;
+            vec even = (vec){0}, odd = (vec){0};
+            int k = 0;
+            for (; k + 2 * VL <= K_vec; k += 2 * VL) {
+                even += *(const vec *)(row + k) * *(const vec *)(v + k);
+                odd += *(const vec *)(row + k + VL) * *(const vec *)(v + k + VL);
+            }
+            if (k < K_vec) even += *(const vec *)(row + k) * *(const vec *)(v + k);
+            acc[i] = even + odd;
+        }
+        /* round with half-width h: pair (a, b) -> lanes [g*2h, g*2h+h) sum the two halves of a's
+         * group g, lanes [g*2h+h, (g+1)*2h) those of b's; after the last round lane i holds the
+         * sum of accumulator bitreverse(i), which a last shuffle puts in order */
+#if CGRU_DOUBLE
+        static const lanes low[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13},
+                                     {0, 8, 2, 10, 4, 12, 6, 14}};
+        static const lanes high[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15},
+                                      {1, 9, 3, 11, 5, 13, 7, 15}};
+        static const lanes reversed = {0, 4, 2, 6, 1, 5, 3, 7};
+#else
+        static const lanes low[4] = {
+            {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+            {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+            {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+            {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+        static const lanes high[4] = {
+            {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+            {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+            {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+            {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+        static const lanes reversed = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+#endif
+        for (int round = 0, count = VL; count > 1; round++, count /= 2)
+            for (int i = 0; i < count / 2; i++)
+                acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +
+                         __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);
+        vec sums = __builtin_shuffle(acc[0], reversed);
+        for (int i = 0; i < VL && K_vec < K; i++)
+            for (int k = K_vec; k < K; k++) sums[i] += block[(long)i * K + k] * v[k];
+        vec *o = (vec *)(out + n);
+        if (accumulate) *o += sums;
+        else *o = sums;
+    }
+    for (; n < N; n++) {
+        const REAL *restrict row = w + (long)n * K;
+        REAL total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int k = 0; k < K; k++) total += row[k] * v[k];
+        out[n] = accumulate ? out[n] + total : total;
+    }
+}
+
 /* ---- backward -------------------------------------------------------------------------------- */
 
 /*

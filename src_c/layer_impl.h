@@ -81,6 +81,8 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     cgru_status st = check_config(cfg);
     if (st != CGRU_OK) return st;
+    saved = (REAL *)aligned_start(saved);
+    scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
     const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;
     const int training = cfg->training, reset_after = cfg->reset_after;
@@ -206,6 +208,8 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     cgru_status st = check_config(cfg);
     if (st != CGRU_OK) return st;
+    saved = (REAL *)aligned_start(saved);
+    scratch = (REAL *)aligned_start(scratch);
     if (!cfg->training) return CGRU_ERR_BAD_DIMS;
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
     const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;

@@ -1,9 +1,7 @@
 /* Typed body of panels.h, included once per dtype (see real_begin.h). */
 #include "real_begin.h"
 
-/* One AVX-512 register of REAL; loads and stores through it need only REAL's alignment. */
-typedef REAL FN(vec) __attribute__((vector_size(64), aligned(sizeof(REAL)), __may_alias__));
-#define VEC FN(vec)
+#define VEC FN(cgru_vec)
 #define VL (64 / (int)sizeof(REAL))
 #define PANEL CGRU_PANEL_WIDTH(sizeof(REAL))
 

@@ -1,7 +1,8 @@
 /*
  * One time step through a stack of unidirectional layers, for online use (a control loop that
- * feeds one observation at a time). Runs on the calling thread: at B = 1 the step is a few GEMVs,
- * too small to share.
+ * feeds one observation at a time). At B = 1 a step is a few matrix-vector products whose
+ * weights stream from cache: with enough of them, threads share the hidden units (each reads
+ * only its rows of the weights, from its own core's cache), as in the sequence loop of layer.c.
  *
  * Per layer l, with in_l = x for l = 0 and the new state of layer l-1 above it:
  *   1. gx (B, 3H) = bias + in_l W_ih^T
@@ -14,10 +15,26 @@
 #include "blas.h"
 #include "gates.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* Scratch up to this many elements lives on the stack; larger steps allocate once per call. */
 #define STEP_STACK_ELEMS 8192
 /* Batches up to this size use the hand-written product (gates.h) instead of a BLAS call. */
 #define STEP_SMALL_BATCH 4
+/* Multiply-adds per step (B * 3H * (inputs + H), all layers) from which threads share a step:
+ * below it, waking a second thread costs more than it saves. */
+#define STEP_SHARED_WORK 32768
+
+/* Threads that share a step: no more than the slices of `align` hidden units there are. */
+static int step_slices(int n_threads, int H, int align)
+{
+    int most = H / align;
+    if (most < 1) most = 1;
+    if (n_threads < 1) n_threads = 1;
+    return n_threads < most ? n_threads : most;
+}
 
 #define CGRU_DOUBLE 0
 #include "step_impl.h"

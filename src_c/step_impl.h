@@ -5,53 +5,110 @@
 static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *W, int B, int N,
                             int K, int accumulate)
 {
-    if (B <= STEP_SMALL_BATCH && lda == K)
-        FN(small_matmul_wt)(C, ldc, A, W, B, N, K, accumulate);
+    if (B <= STEP_SMALL_BATCH && lda == K) {
+        for (int b = 0; b < B; b++) FN(rows_dot)(C + (long)b * ldc, W, A + (long)b * K, N, K, accumulate);
+    }
     else
         FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, accumulate ? 1 : 0, C, ldc);
 }
 
 cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
                           const REAL *const *w_hh, const REAL *const *b_ih,
-                          const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after)
+                          const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
+                          int n_threads)
 {
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     if (L <= 0 || B <= 0 || I0 <= 0 || H <= 0) return CGRU_ERR_BAD_DIMS;
     if (3L * H > 2147483647L) return CGRU_ERR_TOO_LARGE;
     const int G = 3 * H;
-    /* scratch: gx (B, 3H), gh (B, 3H), rh (B, H), h_new (B, H), y (B, H), b_hn (H) */
-    size_t need = (size_t)B * 9 * H + H;
+    /* scratch: gx (B, 3H), gh (B, 3H), rh (B, H), y (B, H), b_hn (H), h_prev_all (L, B, H),
+     * x_in (B, I0) */
+    size_t need = (size_t)B * 8 * H + H + (size_t)L * B * H + (size_t)B * I0;
     REAL on_stack[STEP_STACK_ELEMS];
     REAL *scratch = need <= STEP_STACK_ELEMS ? on_stack : (REAL *)malloc(sizeof(REAL) * need);
     if (!scratch) return CGRU_ERR_NO_MEMORY;
-    REAL *gx = scratch, *gh = gx + (size_t)B * G, *rh = gh + (size_t)B * G, *h_new = rh + (size_t)B * H;
-    REAL *y = h_new + (size_t)B * H, *b_hn = y + (size_t)B * H;
+    REAL *gx = scratch, *gh = gx + (size_t)B * G, *rh = gh + (size_t)B * G;
+    REAL *y = rh + (size_t)B * H, *b_hn = y + (size_t)B * H, *h_prev_all = b_hn + H;
+    REAL *x_in = h_prev_all + (size_t)L * B * H;
+    /* the states and inputs read come from copies, so that h_out may alias h_in (out=h) or x
+     * (an output fed back as the next input) and each thread may write its units of h_out as
+     * soon as they are ready */
+    memcpy(h_prev_all, h_in, sizeof(REAL) * L * B * H);
+    memcpy(x_in, x, sizeof(REAL) * B * I0);
+    /* threads share the step only on the hand-written products (BLAS must not be called from
+     * several threads at once here: step() leaves its thread setting alone) */
+    const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
+    const int n_slices = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK
+                             ? step_slices(n_threads, H, ALIGN) : 1;
 
-    for (int l = 0; l < L; l++) {
-        const REAL *in = l == 0 ? x : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
-        const int I = l == 0 ? I0 : H;
-        const REAL *h_prev = h_in + (long)l * B * H;                  /* (B, H) */
-        const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
-        /* 1. gx = bias + in W_ih^T */
-        for (int j = 0; j < H; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
-        if (bi) {
-            for (int b = 0; b < B; b++)
-                for (int g = 0; g < G; g++)
-                    gx[(long)b * G + g] = bi[g] + ((g < 2 * H || !reset_after) ? bh[g] : 0);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_slices) if (n_slices > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        const int me = 0, team = 1;
+#endif
+        for (int l = 0; l < L; l++) {
+            const REAL *in = l == 0 ? x_in : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
+            const int I = l == 0 ? I0 : H;
+            const REAL *h_prev = h_prev_all + (long)l * B * H;            /* (B, H) */
+            REAL *h_new = h_out + (long)l * B * H;                        /* (B, H) */
+            const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
+            /* each thread its hidden units [j0, j1): their rows of r, z and n in both products */
+            for (int k = me; k < n_slices; k += team) {
+                const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                const int hs = j1 - j0;
+                if (hs <= 0) continue;
+                REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
+                for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
+                for (int g = 0; g < 3; g++) {
+                    /* 1. gx[:, gate g, own units] = bias + in W_ih[gate g, own units]^T; the
+                     *    recurrent bias of r and z (and of n when reset_after=0) folds in here */
+                    const int row0 = g * H + j0;
+                    if (bi) {
+                        const int fold = g < 2 || !reset_after;
+                        for (int b = 0; b < B; b++)
+                            for (int j = 0; j < hs; j++)
+                                gx[(long)b * G + row0 + j] = bi[row0 + j] + (fold ? bh[row0 + j] : 0);
+                    }
+                    FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I, bi != 0);
+                }
+                /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
+                const int gates_now = reset_after ? 3 : 2;
+                for (int g = 0; g < gates_now; g++)
+                    FN(step_matmul)(gh_own + g * hs, 3 * hs, h_prev, H,
+                                    w_hh[l] + ((long)g * H + j0) * H, B, hs, H, 0);
+                if (reset_after)
+                    FN(gates_forward_reset_after)(h_new, y, H, gx, 0, gh_own, h_prev, b_hn, 0, 0, 0,
+                                                  B, H, j0, j1);
+                else
+                    FN(gates_forward_rz)(gx, gh_own, rh, h_prev, 0, B, H, j0, j1);
+            }
+            if (!reset_after) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+                /* every thread's r * h_prev is ready: n's product reads all of it */
+                for (int k = me; k < n_slices; k += team) {
+                    const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                    const int hs = j1 - j0;
+                    if (hs <= 0) continue;
+                    REAL *gh_own = gh + 3L * B * j0;
+                    FN(step_matmul)(gh_own + 2 * hs, 3 * hs, rh, H, w_hh[l] + (2L * H + j0) * H,
+                                    B, hs, H, 0);
+                    FN(gates_forward_n)(h_new, y, H, gx, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
+                }
+            }
+            /* the next layer reads all of this layer's new state (after the last, the region's
+             * end waits for every thread) */
+            if (l + 1 < L) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            }
         }
-        FN(step_matmul)(gx, G, in, I, w_ih[l], B, G, I, bi != 0);
-        /* 2, 3. recurrent GEMM(s) and postgemm, into h_new so that h_out may alias h_in */
-        if (reset_after) {
-            FN(step_matmul)(gh, G, h_prev, H, w_hh[l], B, G, H, 0);
-            FN(gates_forward_reset_after)(h_new, y, H, gx, 0, gh, h_prev, b_hn, 0, 0, 0, B, H, 0,
-                                          H);
-        } else {
-            FN(cgru_gemm)(0, 1, B, 2 * H, H, 1, h_prev, H, w_hh[l], H, 0, gh, G);  /* gh rows have stride 3H */
-            FN(gates_forward_rz)(gx, gh, rh, h_prev, 0, B, H, 0, H);
-            FN(cgru_gemm)(0, 1, B, H, H, 1, rh, H, w_hh[l] + 2L * H * H, H, 0, gh + 2 * H, G);
-            FN(gates_forward_n)(h_new, y, H, gx, gh, h_prev, 0, 0, 0, B, H, 0, H);
-        }
-        memcpy(h_out + (long)l * B * H, h_new, sizeof(REAL) * B * H);
     }
     if (scratch != on_stack) free(scratch);
     return CGRU_OK;

@@ -79,3 +79,35 @@ def test_backward_runs_on_more_threads_than_its_forward():
     np.testing.assert_allclose(dx_two, dx_one, rtol=1e-12, atol=1e-13)
     for k in grads_one:
         np.testing.assert_allclose(gru.grads[k], grads_one[k], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("num_layers,B", [(1, 1), (3, 1), (2, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_on_shared_threads_follows_the_sequence_forward(reset_after, num_layers, B,
+                                                             threads):
+    """Large enough for threads to share each step; out=h updates the state in place."""
+    cgru.set_num_threads(threads)
+    gru = cgru.GRU(40, 160, num_layers=num_layers, reset_after=reset_after, dtype="float64",
+                   seed=4).eval()
+    x = np.random.default_rng(1).standard_normal((6, B, 40))
+    h0 = np.random.default_rng(2).standard_normal((num_layers, B, 160))
+    y, h_n = gru(x, h0)
+    h = h0.copy()
+    for t in range(6):
+        gru.step(x[t], h, out=h)
+        np.testing.assert_allclose(h[-1], y[t], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(h, h_n, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_step_may_take_its_input_from_the_state_it_overwrites(threads):
+    """Feeding the top layer's output back as the next input, straight from out."""
+    cgru.set_num_threads(threads)
+    gru = cgru.GRU(128, 128, num_layers=2, dtype="float64", seed=5).eval()
+    h = np.random.default_rng(3).standard_normal((2, 1, 128))
+    expected = h.copy()
+    for _ in range(4):
+        expected = gru.step(expected[-1].copy(), expected)  # separate arrays
+        gru.step(h[-1], h, out=h)                          # x_t is a view of out
+        np.testing.assert_allclose(h, expected, rtol=1e-12, atol=1e-13)
