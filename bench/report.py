@@ -70,9 +70,13 @@ def main():
         with open(out) as f:
             data = json.load(f)
 
-    rows = {}
+    rows, scaling = {}, {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
+        if info["pass_name"].startswith("scaling"):
+            scaling.setdefault(info["pass_name"].split()[1], []).append(
+                (info["threads_used"], b["stats"]["median"], info))
+            continue
         rows.setdefault((info["config"], info["pass_name"]), []).append(
             (info["implementation"], b["stats"]["median"], info))
     sgemm = next(iter(data["benchmarks"]))["extra_info"]["sgemm_gflops"]
@@ -92,6 +96,14 @@ def main():
                          ["cgru", "numpy", "scipy", "torch", "onnxruntime", "keras", "jax"]
                          if version(p))
     table = "\n".join(lines)
+    scaling_lines = ["| pass | threads | median | GFLOP/s | speedup over 1 thread |", "|---|---|---|---|---|"]
+    for pass_name, results in scaling.items():
+        one = dict((n, m) for n, m, _ in results).get(1)
+        for n, median, info in sorted(results):
+            speedup = f"{one / median:.2f}x" if one else "n/a"
+            scaling_lines.append(f"| {pass_name} | {n} | {median * 1e3:.2f} ms | "
+                                 f"{info['gflops']:.1f} | {speedup} |")
+    scaling_config = next((r[0][2]["config"] for r in scaling.values()), "")
     memory = "\n".join(training_memory_lines())
     text = f"""# Benchmarks
 
@@ -108,6 +120,12 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
   direction for a forward, 3x that for training.
 
 {table}
+
+## Thread scaling
+
+cgru alone on {scaling_config}, the same run, over the thread counts this machine has.
+
+{chr(10).join(scaling_lines)}
 
 ## Training memory
 

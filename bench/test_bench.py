@@ -6,6 +6,7 @@
 One group per configuration and pass. Each result's extra_info carries GFLOP/s and the fraction
 of SciPy's sgemm throughput measured in the same session.
 """
+import os
 import time
 
 import numpy as np
@@ -56,6 +57,13 @@ def sgemm_gflops():
     return 2 * n ** 3 / np.median(times) / 1e9
 
 
+def settle():
+    """Let the worker threads of whatever ran before (OpenBLAS, OpenMP runtimes, ONNX Runtime's
+    pool) stop spinning, so that each implementation is timed on idle cores with its own threads
+    only. Without this pause the first rounds after a peer share the cores with its spinners."""
+    time.sleep(0.3)
+
+
 def _build(peer, config):
     try:
         return peer(*config[:4], layers=config[4], bidirectional=config[5])
@@ -74,6 +82,7 @@ def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
     if peer.name == "numpy reference" and pass_name == "train" and config[0] * config[3] > 60000:
         pytest.skip("the NumPy reference's training step is too slow for this configuration")
     benchmark.group = f"{config_id(config)} {pass_name}"
+    settle()
     benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
     gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
@@ -114,6 +123,7 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                 for t in range(STREAM_T):
                     h = cell(xt[t], h)
     benchmark.group = f"streaming T{STREAM_T}-B1-I{STREAM_I}-H{STREAM_H}"
+    settle()
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
     per_step_us = benchmark.stats.stats.median / STREAM_T * 1e6
     config = (STREAM_T, 1, STREAM_I, STREAM_H, 1, False)
@@ -122,3 +132,27 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                                 pass_name="streaming", per_step_us=per_step_us, gflops=gflops,
                                 sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
                                 threads=THREADS)
+
+
+SCALING_CONFIG = (50, 128, 512, 512, 1, False)
+SCALING_THREADS = sorted({1, 2, THREADS} | {n for n in (4, 8, 16) if n <= (os.cpu_count() or 1)})
+
+
+@pytest.mark.parametrize("threads", SCALING_THREADS)
+@pytest.mark.parametrize("pass_name", ["forward", "train"])
+def test_thread_scaling(benchmark, pass_name, threads, sgemm_gflops):
+    """cgru alone on one configuration, over thread counts (the speedup is over one thread)."""
+    impl = Cgru(*SCALING_CONFIG[:4])
+    cgru.set_num_threads(threads)
+    fn = impl.forward if pass_name == "forward" else impl.train_step
+    benchmark.group = f"threads {config_id(SCALING_CONFIG)} {pass_name}"
+    settle()
+    try:
+        benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
+    finally:
+        cgru.set_num_threads(THREADS)
+    gflops = flops(SCALING_CONFIG, pass_name == "train") / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(implementation="cgru", config=config_id(SCALING_CONFIG),
+                                pass_name=f"scaling {pass_name}", threads_used=threads,
+                                gflops=gflops, sgemm_fraction=gflops / sgemm_gflops,
+                                sgemm_gflops=sgemm_gflops, threads=THREADS)
