@@ -12,15 +12,17 @@
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /*
- * reset_after=1, the whole step after the one recurrent GEMM:
- *   r = sigmoid(gx_r + gh_r)      z = sigmoid(gx_z + gh_z)
- *   hn = gh_n + b_hn              n = tanh(gx_n + r * hn)
+ * reset_after=1, the whole step after the one recurrent GEMM, with gx + bias the input part:
+ *   r = sigmoid(gx_r + bias_r + gh_r)      z = sigmoid(gx_z + bias_z + gh_z)
+ *   hn = gh_n + b_hn                       n = tanh(gx_n + bias_n + r * hn)
  *   h_new = (1 - z) n + z h_prev = n + z (h_prev - n)
- * h_new (B, H); y (B, ldy); gx (B, 3H); gh (B, 3hs); h_prev (B, H); b_hn (H), zeros without bias.
+ * h_new (B, H); y (B, ldy); gx (B, 3H); bias (3H) and b_hn (H), zeros without bias; gh (B, 3hs);
+ * h_prev (B, H).
  * keep: write [r|z|n] over gx and hn into hn_keep (B, H), for backward.
  */
 CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, REAL *gx,
-                                               REAL *hn_keep, const REAL *gh, const REAL *h_prev,
+                                               const REAL *bias, REAL *hn_keep, const REAL *gh,
+                                               const REAL *h_prev,
                                                const REAL *b_hn, const int64_t *lengths, int t,
                                                int keep, int B, int H, int j0, int j1)
 {
@@ -38,16 +40,17 @@ CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, RE
             continue;
         }
         REAL *restrict xr = gx + (long)b * 3 * H, *restrict xz = xr + H, *restrict xn = xz + H;
+        const REAL *restrict br = bias, *restrict bz = bias + H, *restrict bn = bias + 2 * H;
         const REAL *restrict hr = gh + (long)b * 3 * hs - j0, *restrict hz = hr + hs,
                              *restrict hnn = hz + hs;
         if (keep) {
             REAL *restrict keep_hn = hn_keep + (long)b * H;
 #pragma omp simd
             for (int j = j0; j < j1; j++) {
-                REAL r = SIGMOID(xr[j] + hr[j]);
-                REAL z = SIGMOID(xz[j] + hz[j]);
+                REAL r = SIGMOID(xr[j] + br[j] + hr[j]);
+                REAL z = SIGMOID(xz[j] + bz[j] + hz[j]);
                 REAL hn = hnn[j] + b_hn[j];
-                REAL n = TANH(xn[j] + r * hn);
+                REAL n = TANH(xn[j] + bn[j] + r * hn);
                 REAL h = n + z * (hp[j] - n);
                 hb[j] = h;
                 yb[j] = h;
@@ -59,9 +62,9 @@ CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, RE
         } else {
 #pragma omp simd
             for (int j = j0; j < j1; j++) {
-                REAL r = SIGMOID(xr[j] + hr[j]);
-                REAL z = SIGMOID(xz[j] + hz[j]);
-                REAL n = TANH(xn[j] + r * (hnn[j] + b_hn[j]));
+                REAL r = SIGMOID(xr[j] + br[j] + hr[j]);
+                REAL z = SIGMOID(xz[j] + bz[j] + hz[j]);
+                REAL n = TANH(xn[j] + bn[j] + r * (hnn[j] + b_hn[j]));
                 REAL h = n + z * (hp[j] - n);
                 hb[j] = h;
                 yb[j] = h;
@@ -72,12 +75,12 @@ CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, RE
 
 /*
  * reset_after=0, first half of the step, after the GEMM for r and z:
- *   r = sigmoid(gx_r + gh_r), z = sigmoid(gx_z + gh_z), rh = r * h_prev
+ *   r = sigmoid(gx_r + bias_r + gh_r), z = sigmoid(gx_z + bias_z + gh_z), rh = r * h_prev
  * r and z overwrite their pre-activations in gh (and in gx when keep); rh (B, H) feeds the
  * second GEMM, rh W_hn^T.
  */
-CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL *h_prev,
-                                        int keep, int B, int H, int j0, int j1)
+CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, const REAL *bias, REAL *gh, REAL *rh,
+                                        const REAL *h_prev, int keep, int B, int H, int j0, int j1)
 {
     int hs = j1 - j0;
     for (int b = 0; b < B; b++) {
@@ -85,10 +88,11 @@ CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL *
         REAL *restrict hr = gh + (long)b * 3 * hs - j0, *restrict hz = hr + hs;
         const REAL *restrict hp = h_prev + (long)b * H;
         REAL *restrict rhb = rh + (long)b * H;
+        const REAL *restrict br = bias, *restrict bz = bias + H;
 #pragma omp simd
         for (int j = j0; j < j1; j++) {
-            REAL r = SIGMOID(xr[j] + hr[j]);
-            REAL z = SIGMOID(xz[j] + hz[j]);
+            REAL r = SIGMOID(xr[j] + br[j] + hr[j]);
+            REAL z = SIGMOID(xz[j] + bz[j] + hz[j]);
             hr[j] = r;
             hz[j] = z;
             rhb[j] = r * hp[j];
@@ -103,10 +107,11 @@ CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, REAL *gh, REAL *rh, const REAL *
 }
 
 /*
- * reset_after=0, second half: n = tanh(gx_n + gh_n), h_new = n + z (h_prev - n), with gh_n the
+ * reset_after=0, second half: n = tanh(gx_n + bias_n + gh_n), h_new = n + z (h_prev - n), gh_n the
  * thread's block of rh W_hn^T and z from the first half. keep: n overwrites gx_n. y (B, ldy).
  */
-CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, const REAL *gh,
+CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx,
+                                       const REAL *bias, const REAL *gh,
                                        const REAL *h_prev, const int64_t *lengths, int t, int keep,
                                        int B, int H, int j0, int j1)
 {
@@ -123,11 +128,12 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, co
             continue;
         }
         REAL *restrict xn = gx + (long)b * 3 * H + 2 * H;
+        const REAL *restrict bn = bias + 2 * H;
         const REAL *restrict hz = gh + (long)b * 3 * hs - j0 + hs, *restrict hnn = hz + hs;
         if (keep) {
 #pragma omp simd
             for (int j = j0; j < j1; j++) {
-                REAL n = TANH(xn[j] + hnn[j]);
+                REAL n = TANH(xn[j] + bn[j] + hnn[j]);
                 REAL h = n + hz[j] * (hp[j] - n);
                 hb[j] = h;
                 yb[j] = h;
@@ -136,7 +142,7 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx, co
         } else {
 #pragma omp simd
             for (int j = j0; j < j1; j++) {
-                REAL n = TANH(xn[j] + hnn[j]);
+                REAL n = TANH(xn[j] + bn[j] + hnn[j]);
                 REAL h = n + hz[j] * (hp[j] - n);
                 hb[j] = h;
                 yb[j] = h;
@@ -230,15 +236,14 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const R
 }
 
 /*
- * out (N), += with accumulate, = w (N, K) v (K): one batch row of the step's products on weights
+ * out (N) = w (N, K) v (K): one batch row of the step's products on weights
  * as they lie (rows are output units). Each block of VL rows leaves one vector of partial sums
  * per row, and one transposing reduction then sums all of them at once: log2(VL) rounds that each halve
  * the vectors by adding the two halves of every pair's lanes, so a block of VL outputs costs
  * 2 VL - 1 shuffle pairs instead of a horizontal sum per output. Leftover rows (N % VL) take the
  * scalar path; leftover k (K % VL) are summed one by one.
  */
-CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, int K,
-                              int accumulate)
+CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, int K)
 {
     typedef FN(cgru_vec) vec;
     typedef FN(cgru_lanes) lanes;
@@ -290,16 +295,14 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
         vec sums = __builtin_shuffle(acc[0], reversed);
         for (int i = 0; i < VL && K_vec < K; i++)
             for (int k = K_vec; k < K; k++) sums[i] += block[(long)i * K + k] * v[k];
-        vec *o = (vec *)(out + n);
-        if (accumulate) *o += sums;
-        else *o = sums;
+        *(vec *)(out + n) = sums;
     }
     for (; n < N; n++) {
         const REAL *restrict row = w + (long)n * K;
         REAL total = 0;
 #pragma omp simd reduction(+ : total)
         for (int k = 0; k < K; k++) total += row[k] * v[k];
-        out[n] = accumulate ? out[n] + total : total;
+        out[n] = total;
     }
 }
 

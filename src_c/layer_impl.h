@@ -92,17 +92,13 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     REAL *extra = saved + L.extra;    /* (T, B, H) training; (B, H) inference */
     REAL *w_packed = scratch + L.w_packed, *gh = scratch + L.gh, *bias = scratch + L.bias;
 
-    /* 1. gates = bias + x W_ih^T: one GEMM (T*B, I) x (I, 3H) for all steps. The recurrent bias
-     *    of r and z (and of n when reset_after=0) adds to the same pre-activation, so it folds in
-     *    here; with reset_after=1 b_hn stays inside r * (W_hn h + b_hn). */
-    if (b_ih) {
-        for (int g = 0; g < G; g++) bias[g] = b_ih[g] + ((g < 2 * H || !reset_after) ? b_hh[g] : 0);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(p) schedule(static)
-#endif
-        for (long row = 0; row < TB; row++) memcpy(gates + row * G, bias, sizeof(REAL) * G);
-    }
-    FN(cgru_gemm_split)(p, 0, 1, TB, G, I, 1, x, I, w_ih, I, b_ih ? 1 : 0, gates, G);
+    /* 1. gates = x W_ih^T: one GEMM (T*B, I) x (I, 3H) for all steps. The biases join in the
+     *    gate kernels: bias (3H) = b_ih plus the recurrent bias of r and z (and of n when
+     *    reset_after=0), which adds to the same pre-activation; with reset_after=1 b_hn stays
+     *    inside r * (W_hn h + b_hn). */
+    for (int g = 0; g < G; g++)
+        bias[g] = b_ih ? b_ih[g] + ((g < 2 * H || !reset_after) ? b_hh[g] : 0) : 0;
+    FN(cgru_gemm_split)(p, 0, 1, TB, G, I, 1, x, I, w_ih, I, 0, gates, G);
 
     /* 2. pack W_hh by slices: here for BLAS, inside the loop's region (each thread its own
      *    slices) for the panel product */
@@ -153,17 +149,17 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                 if (panels) {
                     FN(panels_matmul)(gh_own, 3 * hs, h_prev, H, w_own, B, reset_after ? 3 * hs : 2 * hs, H, 0);
                     if (reset_after)
-                        FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, rh_or_hn, gh_own, h_prev,
+                        FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                       b_hn, lengths, t, training, B, H, j0, j1);
                     else
-                        FN(gates_forward_rz)(gx, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
+                        FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
                 } else if (reset_after) {
                     FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, 3 * hs, H);
-                    FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, rh_or_hn, gh_own, h_prev,
+                    FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
                 } else {
                     FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, 2 * hs, H);
-                    FN(gates_forward_rz)(gx, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
+                    FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
                 }
             }
             if (!reset_after) {
@@ -184,7 +180,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                         const REAL *w_own_n = w_packed + 3L * j0 * H + 2L * hs * H;  /* (hs, H) */
                         FN(recurrent_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, w_own_n, B, hs, H);
                     }
-                    FN(gates_forward_n)(h_new, y_t, ldy, gx, gh_own, h_prev, lengths, t, training,
+                    FN(gates_forward_n)(h_new, y_t, ldy, gx, bias, gh_own, h_prev, lengths, t, training,
                                         B, H, j0, j1);
                 }
             }

@@ -1,15 +1,15 @@
 /* Typed body of step.c, included once per dtype (see real_begin.h). */
 #include "real_begin.h"
 
-/* C (B, N) = beta C + A (B, K) W (N, K)^T: hand-written below SMALL_BATCH rows, BLAS above */
+/* C (B, N) = A (B, K) W (N, K)^T: hand-written up to STEP_SMALL_BATCH rows, BLAS above */
 static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *W, int B, int N,
-                            int K, int accumulate)
+                            int K)
 {
     if (B <= STEP_SMALL_BATCH && lda == K) {
-        for (int b = 0; b < B; b++) FN(rows_dot)(C + (long)b * ldc, W, A + (long)b * K, N, K, accumulate);
+        for (int b = 0; b < B; b++) FN(rows_dot)(C + (long)b * ldc, W, A + (long)b * K, N, K);
     }
     else
-        FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, accumulate ? 1 : 0, C, ldc);
+        FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, 0, C, ldc);
 }
 
 cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
@@ -22,14 +22,14 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     if (3L * H > 2147483647L) return CGRU_ERR_TOO_LARGE;
     const int G = 3 * H;
     /* scratch: gx (B, 3H), gh (B, 3H), rh (B, H), y (B, H), b_hn (H), h_prev_all (L, B, H),
-     * x_in (B, I0) */
-    size_t need = (size_t)B * 8 * H + H + (size_t)L * B * H + (size_t)B * I0;
+     * x_in (B, I0), bias (3H) */
+    size_t need = (size_t)B * 8 * H + H + (size_t)L * B * H + (size_t)B * I0 + (size_t)G;
     REAL on_stack[STEP_STACK_ELEMS];
     REAL *scratch = need <= STEP_STACK_ELEMS ? on_stack : (REAL *)malloc(sizeof(REAL) * need);
     if (!scratch) return CGRU_ERR_NO_MEMORY;
     REAL *gx = scratch, *gh = gx + (size_t)B * G, *rh = gh + (size_t)B * G;
     REAL *y = rh + (size_t)B * H, *b_hn = y + (size_t)B * H, *h_prev_all = b_hn + H;
-    REAL *x_in = h_prev_all + (size_t)L * B * H;
+    REAL *x_in = h_prev_all + (size_t)L * B * H, *bias = x_in + (size_t)B * I0;
     /* the states and inputs read come from copies, so that h_out may alias h_in (out=h) or x
      * (an output fed back as the next input) and each thread may write its units of h_out as
      * soon as they are ready */
@@ -64,27 +64,25 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
                 REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
                 for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
                 for (int g = 0; g < 3; g++) {
-                    /* 1. gx[:, gate g, own units] = bias + in W_ih[gate g, own units]^T; the
-                     *    recurrent bias of r and z (and of n when reset_after=0) folds in here */
+                    /* 1. gx[:, gate g, own units] = in W_ih[gate g, own units]^T; the gate
+                     *    kernels add bias: b_ih plus the recurrent bias of r and z (and of n
+                     *    when reset_after=0), which adds to the same pre-activation */
                     const int row0 = g * H + j0;
-                    if (bi) {
-                        const int fold = g < 2 || !reset_after;
-                        for (int b = 0; b < B; b++)
-                            for (int j = 0; j < hs; j++)
-                                gx[(long)b * G + row0 + j] = bi[row0 + j] + (fold ? bh[row0 + j] : 0);
-                    }
-                    FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I, bi != 0);
+                    const int fold = g < 2 || !reset_after;
+                    for (int j = 0; j < hs; j++)
+                        bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
+                    FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I);
                 }
                 /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
                 const int gates_now = reset_after ? 3 : 2;
                 for (int g = 0; g < gates_now; g++)
                     FN(step_matmul)(gh_own + g * hs, 3 * hs, h_prev, H,
-                                    w_hh[l] + ((long)g * H + j0) * H, B, hs, H, 0);
+                                    w_hh[l] + ((long)g * H + j0) * H, B, hs, H);
                 if (reset_after)
-                    FN(gates_forward_reset_after)(h_new, y, H, gx, 0, gh_own, h_prev, b_hn, 0, 0, 0,
+                    FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
                                                   B, H, j0, j1);
                 else
-                    FN(gates_forward_rz)(gx, gh_own, rh, h_prev, 0, B, H, j0, j1);
+                    FN(gates_forward_rz)(gx, bias, gh_own, rh, h_prev, 0, B, H, j0, j1);
             }
             if (!reset_after) {
 #ifdef _OPENMP
@@ -97,8 +95,8 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
                     if (hs <= 0) continue;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(step_matmul)(gh_own + 2 * hs, 3 * hs, rh, H, w_hh[l] + (2L * H + j0) * H,
-                                    B, hs, H, 0);
-                    FN(gates_forward_n)(h_new, y, H, gx, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
+                                    B, hs, H);
+                    FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
                 }
             }
             /* the next layer reads all of this layer's new state (after the last, the region's
