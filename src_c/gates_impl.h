@@ -151,16 +151,16 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx,
     }
 }
 
-/* ---- small products for one step at a small batch (step.c) ---------------------------------- */
+/* ---- small products on unpacked weights (step.c, and layer.c without panels) ---------------- */
 
 /*
- * out (B, N), rows ldo apart, = in (B, K) w (N, K)^T, or += with accumulate: the per-step
- * product of small batches, where a BLAS call costs more than its work. Two batch rows share
+ * out (B, N), rows ldo apart, = in (B, K) w (N, K)^T: the per-step product of small batches on
+ * the BLAS path of the sequence loop, where a BLAS call costs more than its work. Two batch rows share
  * each pass over eight weight rows: sixteen independent accumulators hide the FMA latency and
  * the weights stream from cache once per two rows.
  */
 CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const REAL *w, int B,
-                                     int N, int K, int accumulate)
+                                     int N, int K)
 {
     int b = 0;
     for (; b + 2 <= B; b += 2) {
@@ -187,8 +187,8 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const R
             REAL first[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
             REAL second[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
             for (int i = 0; i < 8; i++) {
-                o[n + i] = accumulate ? o[n + i] + first[i] : first[i];
-                q[n + i] = accumulate ? q[n + i] + second[i] : second[i];
+                o[n + i] = first[i];
+                q[n + i] = second[i];
             }
         }
         for (; n < N; n++) {
@@ -199,8 +199,8 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const R
                 a += row[k] * u[k];
                 c += row[k] * v[k];
             }
-            o[n] = accumulate ? o[n] + a : a;
-            q[n] = accumulate ? q[n] + c : c;
+            o[n] = a;
+            q[n] = c;
         }
     }
     for (; b < B; b++) {
@@ -223,14 +223,14 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, const R
                 a7 += w0[7 * K + k] * vk;
             }
             REAL acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-            for (int i = 0; i < 8; i++) o[n + i] = accumulate ? o[n + i] + acc[i] : acc[i];
+            for (int i = 0; i < 8; i++) o[n + i] = acc[i];
         }
         for (; n < N; n++) {
             const REAL *restrict row = w + (long)n * K;
             REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
             for (int k = 0; k < K; k++) acc += row[k] * v[k];
-            o[n] = accumulate ? o[n] + acc : acc;
+            o[n] = acc;
         }
     }
 }

@@ -68,7 +68,7 @@ static inline void FN(recurrent_matmul)(REAL *gh, int ldg, const REAL *h, const 
                                         int N, int K)
 {
     if (B >= 2 && B <= SMALL_BATCH)
-        FN(small_matmul_wt)(gh, ldg, h, w, B, N, K, 0);
+        FN(small_matmul_wt)(gh, ldg, h, w, B, N, K);
     else
         FN(cgru_gemm)(0, 1, B, N, K, 1, h, K, w, K, 0, gh, ldg);
 }
