@@ -5,9 +5,10 @@
  * zero and pass their state gradient through unchanged.
  *
  * Gate blocks:
- *   gx (B, 3H)      per time step: x W_ih^T + b_ih (+ b_hh for r and z; + b_hn too when
- *                   reset_after=0). In training it is overwritten with the activations [r|z|n],
- *                   and by backward with the gate gradients.
+ *   gx (B, 3H)      per time step: x W_ih^T. In training it is overwritten with the activations
+ *                   [r|z|n], and by backward with the gate gradients.
+ *   bias (3H)       added to gx by the kernels: b_ih (+ b_hh for r and z; + b_hn too when
+ *                   reset_after=0); zeros for a GRU without bias.
  *   gh (B, 3*hs)    this thread's block of h W_hh^T, hs = j1 - j0, laid out [r|z|n].
  */
 #ifndef CGRU_GATES_H

@@ -146,21 +146,16 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                 const REAL *w_own = panels ? w_packed + slice_packed_offset(k, H, n_slices, reset_after, 0, ALIGN, panel)
                                            : w_packed + 3L * j0 * H;
                 REAL *gh_own = gh + 3L * B * j0;             /* (B, 3hs) */
-                if (panels) {
-                    FN(panels_matmul)(gh_own, 3 * hs, h_prev, H, w_own, B, reset_after ? 3 * hs : 2 * hs, H, 0);
-                    if (reset_after)
-                        FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
-                                                      b_hn, lengths, t, training, B, H, j0, j1);
-                    else
-                        FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
-                } else if (reset_after) {
-                    FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, 3 * hs, H);
+                const int n_now = reset_after ? 3 * hs : 2 * hs;  /* r, z (and n) columns now */
+                if (panels)
+                    FN(panels_matmul)(gh_own, 3 * hs, h_prev, H, w_own, B, n_now, H, 0);
+                else
+                    FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, n_now, H);
+                if (reset_after)
                     FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
-                } else {
-                    FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, 2 * hs, H);
+                else
                     FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
-                }
             }
             if (!reset_after) {
 #ifdef _OPENMP
