@@ -181,6 +181,20 @@ def test_replaced_parameter_of_wrong_shape_is_refused_at_forward(gru):
         gru(x_of((3, 2, 4)))
 
 
+def test_replaced_parameters_are_checked_by_step_too():
+    gru = cgru.GRU(4, 6, num_layers=2)
+    x_t, h = np.zeros((2, 4), np.float32), np.zeros((2, 2, 6), np.float32)
+    gru.params["weight_hh_l1"] = np.zeros((6, 18), np.float32)  # the right size, transposed
+    with pytest.raises(ValueError, match=r"params\['weight_hh_l1'\] must have shape \(18, 6\)"):
+        gru.step(x_t, h)
+    gru.params["weight_hh_l1"] = np.zeros((18, 6))  # float64
+    with pytest.raises(TypeError, match=r"params\['weight_hh_l1'\] must be a C-contiguous float32"):
+        gru.step(x_t, h)
+    del gru.params["bias_ih_l0"]
+    with pytest.raises(TypeError, match=r"params\['bias_ih_l0'\]"):
+        gru.step(x_t, h)
+
+
 def test_step_refuses_bidirectional_and_bad_shapes():
     with pytest.raises(ValueError, match="unidirectional"):
         cgru.GRU(2, 3, bidirectional=True).step(np.zeros(2, np.float32), np.zeros((2, 3), np.float32))
