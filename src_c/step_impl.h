@@ -12,6 +12,87 @@ static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL
         FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, 0, C, ldc);
 }
 
+/* What every thread of a step needs: the arguments of cgru_step and its scratch. */
+typedef struct {
+    REAL *h_out;
+    const REAL *x_in, *h_prev_all;  /* copies of x (B, I0) and h_in (L, B, H) */
+    const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
+    REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
+    int L, B, I0, H, reset_after, n_slices;
+} FN(step_work);
+
+/* The layers of one step, as thread `me` of `team` sees them: its slices of hidden units, and a
+ * barrier between layers when there is a team to wait for. */
+static void FN(step_layers)(const FN(step_work) *w, int me, int team)
+{
+    REAL *h_out = w->h_out;
+    const REAL *x_in = w->x_in, *h_prev_all = w->h_prev_all;
+    const REAL *const *w_ih = w->w_ih, *const *w_hh = w->w_hh;
+    const REAL *const *b_ih = w->b_ih, *const *b_hh = w->b_hh;
+    REAL *gx = w->gx, *gh = w->gh, *rh = w->rh, *y = w->y, *b_hn = w->b_hn, *bias = w->bias;
+    const int L = w->L, B = w->B, I0 = w->I0, H = w->H, G = 3 * H;
+    const int reset_after = w->reset_after, n_slices = w->n_slices;
+    for (int l = 0; l < L; l++) {
+        const REAL *in = l == 0 ? x_in : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
+        const int I = l == 0 ? I0 : H;
+        const REAL *h_prev = h_prev_all + (long)l * B * H;            /* (B, H) */
+        REAL *h_new = h_out + (long)l * B * H;                        /* (B, H) */
+        const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
+        /* each thread its hidden units [j0, j1): their rows of r, z and n in both products */
+        for (int k = me; k < n_slices; k += team) {
+            const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+            const int hs = j1 - j0;
+            if (hs <= 0) continue;
+            REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
+            for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
+            for (int g = 0; g < 3; g++) {
+                /* 1. gx[:, gate g, own units] = in W_ih[gate g, own units]^T; the gate
+                 *    kernels add bias: b_ih plus the recurrent bias of r and z (and of n
+                 *    when reset_after=0), which adds to the same pre-activation */
+                const int row0 = g * H + j0;
+                const int fold = g < 2 || !reset_after;
+                for (int j = 0; j < hs; j++)
+                    bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
+                FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I);
+            }
+            /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
+            const int gates_now = reset_after ? 3 : 2;
+            for (int g = 0; g < gates_now; g++)
+                FN(step_matmul)(gh_own + g * hs, 3 * hs, h_prev, H,
+                                w_hh[l] + ((long)g * H + j0) * H, B, hs, H);
+            if (reset_after)
+                FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
+                                              B, H, j0, j1);
+            else
+                FN(gates_forward_rz)(gx, bias, gh_own, rh, h_prev, 0, B, H, j0, j1);
+        }
+        if (!reset_after) {
+            if (team > 1) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+            }
+            /* every thread's r * h_prev is ready: n's product reads all of it */
+            for (int k = me; k < n_slices; k += team) {
+                const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+                const int hs = j1 - j0;
+                if (hs <= 0) continue;
+                REAL *gh_own = gh + 3L * B * j0;
+                FN(step_matmul)(gh_own + 2 * hs, 3 * hs, rh, H, w_hh[l] + (2L * H + j0) * H,
+                                B, hs, H);
+                FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
+            }
+        }
+        /* the next layer reads all of this layer's new state (after the last, the region's
+         * end waits for every thread) */
+        if (l + 1 < L && team > 1) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
+    }
+}
+
 cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
                           const REAL *const *w_hh, const REAL *const *b_ih,
                           const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
@@ -41,72 +122,17 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     const int n_slices = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK
                              ? step_slices(n_threads, H, ALIGN) : 1;
 
+    const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, gx, gh, rh,
+                                        y, b_hn, bias, L, B, I0, H, reset_after, n_slices};
+    if (n_slices == 1) {
+        FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
+    } else {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_slices) if (n_slices > 1)
-#endif
-    {
-#ifdef _OPENMP
-        const int me = omp_get_thread_num(), team = omp_get_num_threads();
+#pragma omp parallel num_threads(n_slices)
+        FN(step_layers)(&work_of_step, omp_get_thread_num(), omp_get_num_threads());
 #else
-        const int me = 0, team = 1;
+        FN(step_layers)(&work_of_step, 0, 1);
 #endif
-        for (int l = 0; l < L; l++) {
-            const REAL *in = l == 0 ? x_in : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
-            const int I = l == 0 ? I0 : H;
-            const REAL *h_prev = h_prev_all + (long)l * B * H;            /* (B, H) */
-            REAL *h_new = h_out + (long)l * B * H;                        /* (B, H) */
-            const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
-            /* each thread its hidden units [j0, j1): their rows of r, z and n in both products */
-            for (int k = me; k < n_slices; k += team) {
-                const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                const int hs = j1 - j0;
-                if (hs <= 0) continue;
-                REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
-                for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
-                for (int g = 0; g < 3; g++) {
-                    /* 1. gx[:, gate g, own units] = in W_ih[gate g, own units]^T; the gate
-                     *    kernels add bias: b_ih plus the recurrent bias of r and z (and of n
-                     *    when reset_after=0), which adds to the same pre-activation */
-                    const int row0 = g * H + j0;
-                    const int fold = g < 2 || !reset_after;
-                    for (int j = 0; j < hs; j++)
-                        bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
-                    FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I);
-                }
-                /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
-                const int gates_now = reset_after ? 3 : 2;
-                for (int g = 0; g < gates_now; g++)
-                    FN(step_matmul)(gh_own + g * hs, 3 * hs, h_prev, H,
-                                    w_hh[l] + ((long)g * H + j0) * H, B, hs, H);
-                if (reset_after)
-                    FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
-                                                  B, H, j0, j1);
-                else
-                    FN(gates_forward_rz)(gx, bias, gh_own, rh, h_prev, 0, B, H, j0, j1);
-            }
-            if (!reset_after) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-                /* every thread's r * h_prev is ready: n's product reads all of it */
-                for (int k = me; k < n_slices; k += team) {
-                    const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                    const int hs = j1 - j0;
-                    if (hs <= 0) continue;
-                    REAL *gh_own = gh + 3L * B * j0;
-                    FN(step_matmul)(gh_own + 2 * hs, 3 * hs, rh, H, w_hh[l] + (2L * H + j0) * H,
-                                    B, hs, H);
-                    FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
-                }
-            }
-            /* the next layer reads all of this layer's new state (after the last, the region's
-             * end waits for every thread) */
-            if (l + 1 < L) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            }
-        }
     }
     if (scratch != on_stack) free(scratch);
     return CGRU_OK;
