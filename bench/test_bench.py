@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg.blas
 
 import cgru
-from peers import THREADS, Cgru, Torch, available_peers, installed
+from peers import THREADS, Cgru, available_peers, installed
 
 # (T, B, I, H, layers, bidirectional)
 CONFIGS = [

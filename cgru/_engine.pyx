@@ -38,7 +38,6 @@ cdef extern from "cgru.h":
     int cgru_get_num_threads() nogil
     void cgru_set_num_threads(int) nogil
     void cgru_set_panels_mode(int) nogil
-    int cgru_get_panels() nogil
 
     ctypedef struct cgru_layer_config:
         int time_steps, batch, input_size, hidden_size
@@ -185,9 +184,6 @@ def set_panels_mode(int mode):
     """Per-step products on packed panels (1), on BLAS (0), or as the CPU suggests (-1)."""
     cgru_set_panels_mode(mode)
 
-
-def panels_in_use():
-    return bool(cgru_get_panels())
 
 
 # ---- status codes --------------------------------------------------------------------------------

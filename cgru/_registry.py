@@ -2,6 +2,17 @@
 or an instance, and write or read one as {"class": name, "config": constructor arguments}."""
 
 
+class Configurable:
+    """A class known by name whose constructor arguments are its config: repr shows them."""
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
 def resolve(identifier, base, by_name, argument, module):
     """`identifier` itself when it is a `base`, else a default instance of the class it names."""
     if isinstance(identifier, base):

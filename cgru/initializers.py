@@ -34,16 +34,9 @@ def _truncated_normal(rng, shape, mean, stddev):
     return mean + stddev * values
 
 
-class Initializer:
+class Initializer(_registry.Configurable):
     def __call__(self, shape, rng, dtype="float32"):
         return np.asarray(self.sample(tuple(shape), rng), dtype=dtype)
-
-    def get_config(self):
-        return {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class Zeros(Initializer):

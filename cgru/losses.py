@@ -25,7 +25,7 @@ def _check_pair(y_true, y_pred, name):
     return y_true.astype(y_pred.dtype, copy=False), y_pred
 
 
-class Loss:
+class Loss(_registry.Configurable):
     name = "loss"
 
     def __call__(self, y_true, y_pred):
@@ -42,13 +42,6 @@ class Loss:
 
     def _count(self, y_pred):
         return y_pred.size  # element-wise losses: mean over every element
-
-    def get_config(self):
-        return {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class MeanSquaredError(Loss):

@@ -49,10 +49,9 @@ void cgru_set_num_threads(int n_threads);
 /* ---- One layer, one direction (layer.c) ------------------------------------------------------ */
 
 /* The per-step products run on W_hh packed into panels (panels.h) where the CPU has AVX-512,
- * else on BLAS. cgru_get_panels says which; cgru_set_panels_mode overrides it for the process
- * (-1: follow the CPU, 0: BLAS, 1: panels), for tests and comparisons. */
+ * else on BLAS. cgru_set_panels_mode overrides that choice for the process (-1: follow the CPU,
+ * 0: BLAS, 1: panels), for tests and comparisons. */
 void cgru_set_panels_mode(int mode);
-int cgru_get_panels(void);
 
 typedef struct {
     int time_steps, batch, input_size, hidden_size;  /* T, B, I, H */

@@ -37,7 +37,6 @@ static size_t pad(size_t n) { return (n + 15) / 16 * 16; }
 int cgru_panels_mode = -1;
 
 void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode > 0); }
-int cgru_get_panels(void) { return cgru_panels_preferred(); }
 
 /* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
 static int loop_slices(int n_threads, int H, int align)
@@ -63,16 +62,15 @@ static size_t slice_packed_elems(int H, int hs, int reset_after, int backward, i
                        : cgru_panels_size(H, 2 * hs, panel) + cgru_panels_size(H, hs, panel);
 }
 
-/* Where slice k's packed W_hh starts, and (k = n_slices) the end of the last one. */
-static size_t slice_packed_offset(int k, int H, int n_slices, int reset_after, int backward,
-                                  int align, int panel)
+/* Where each slice's packed W_hh starts: at[k] for slice k, at[n_slices] the end of the last. */
+static void slice_packed_offsets(size_t *at, int H, int n_slices, int reset_after, int backward,
+                                 int align, int panel)
 {
-    size_t offset = 0;
-    for (int i = 0; i < k; i++) {
-        int hs = cgru_block_start(i + 1, H, n_slices, align) - cgru_block_start(i, H, n_slices, align);
-        offset += pad(slice_packed_elems(H, hs, reset_after, backward, panel));
+    at[0] = 0;
+    for (int k = 0; k < n_slices; k++) {
+        int hs = cgru_block_start(k + 1, H, n_slices, align) - cgru_block_start(k, H, n_slices, align);
+        at[k + 1] = at[k] + pad(slice_packed_elems(H, hs, reset_after, backward, panel));
     }
-    return offset;
 }
 
 /* The packed-weights region: the larger of forward's and backward's, for either dtype, and no
@@ -83,10 +81,11 @@ static size_t packed_region(const cgru_layer_config *c)
     const int align[2] = {16, 8}, elem[2] = {sizeof(float), sizeof(double)};
     for (int d = 0; d < 2; d++) {
         int n_slices = loop_slices(c->n_threads, c->hidden_size, align[d]);
+        size_t at[n_slices + 1];
         for (int backward = 0; backward < 2; backward++) {
-            size_t n = slice_packed_offset(n_slices, c->hidden_size, n_slices, c->reset_after,
-                                           backward, align[d], CGRU_PANEL_WIDTH(elem[d]));
-            if (n > most) most = n;
+            slice_packed_offsets(at, c->hidden_size, n_slices, c->reset_after, backward, align[d],
+                                 CGRU_PANEL_WIDTH(elem[d]));
+            if (at[n_slices] > most) most = at[n_slices];
         }
     }
     return most;

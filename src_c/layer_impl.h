@@ -60,6 +60,19 @@ static void FN(pack_backward_panels)(REAL *packed, const REAL *w_hh, int H, int 
     }
 }
 
+/* Thread `me` of `team` packs the panels of its own slices, with the time loop's slice-to-thread
+ * map, so that no barrier is needed before it uses them. at: see slice_packed_offsets. */
+static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_hh, int H,
+                                int n_slices, int reset_after, int backward, int me, int team)
+{
+    for (int k = me; k < n_slices; k += team) {
+        int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+        if (j1 <= j0) continue;
+        if (backward) FN(pack_backward_panels)(w_packed + at[k], w_hh, H, j0, j1, reset_after);
+        else FN(pack_forward_panels)(w_packed + at[k], w_hh, H, j0, j1, reset_after);
+    }
+}
+
 /* gh (B, N), rows ldg apart, = h (B, K) w (N, K)^T on the BLAS path: the per-step recurrent
  * product of one thread's slice. From 2 to SMALL_BATCH rows the hand-written kernel beats a BLAS
  * GEMM, whose packing costs more than the arithmetic (measured, 2 threads: 2.2x faster at B = 4,
@@ -104,6 +117,8 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
      *    slices) for the panel product */
     const int n_slices = loop_slices(p, H, ALIGN);
     const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    size_t packed_at[n_slices + 1];  /* where each slice's panels start */
+    slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, panel);
     if (!panels) FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
@@ -123,14 +138,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels) {
-            for (int k = me; k < n_slices; k += team) {
-                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                if (j1 > j0)
-                    FN(pack_forward_panels)(w_packed + slice_packed_offset(k, H, n_slices, reset_after, 0, ALIGN, panel),
-                                            w_hh, H, j0, j1, reset_after);
-            }
-        }
+        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 0, me, team);
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? T - 1 - s : s;
             const REAL *h_prev = FN(state_slot)(states, cfg, s, t, 0);  /* (B, H) */
@@ -143,8 +151,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                 int hs = j1 - j0;
                 if (hs <= 0) continue;
                 /* BLAS path: (3hs, H) rows; panel path: see pack_forward_panels */
-                const REAL *w_own = panels ? w_packed + slice_packed_offset(k, H, n_slices, reset_after, 0, ALIGN, panel)
-                                           : w_packed + 3L * j0 * H;
+                const REAL *w_own = panels ? w_packed + packed_at[k] : w_packed + 3L * j0 * H;
                 REAL *gh_own = gh + 3L * B * j0;             /* (B, 3hs) */
                 const int n_now = reset_after ? 3 * hs : 2 * hs;  /* r, z (and n) columns now */
                 if (panels)
@@ -168,7 +175,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                     if (hs <= 0) continue;
                     REAL *gh_own = gh + 3L * B * j0;
                     if (panels) {
-                        const REAL *second = w_packed + slice_packed_offset(k, H, n_slices, 0, 0, ALIGN, panel)
+                        const REAL *second = w_packed + packed_at[k]
                                              + cgru_panels_size(H, 2 * hs, panel);  /* (H, hs) */
                         FN(panels_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, H, second, B, hs, H, 0);
                     } else {
@@ -216,6 +223,8 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
     else memset(dh_a, 0, sizeof(REAL) * B * H);
     const int n_slices = loop_slices(p, H, ALIGN);
+    size_t packed_at[n_slices + 1];  /* where each slice's panels start */
+    slice_packed_offsets(packed_at, H, n_slices, reset_after, 1, ALIGN, panel);
 
     /* 1. the time loop, against the forward's direction */
 #ifdef _OPENMP
@@ -227,14 +236,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels) {
-            for (int k = me; k < n_slices; k += team) {
-                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                if (j1 > j0)
-                    FN(pack_backward_panels)(w_packed + slice_packed_offset(k, H, n_slices, reset_after, 1, ALIGN, panel),
-                                             w_hh, H, j0, j1, reset_after);
-            }
-        }
+        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 1, me, team);
         REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? s : T - 1 - s;
@@ -261,7 +263,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                     if (j1 <= j0) continue;
                     if (panels) {
-                        const REAL *w_hn = w_packed + slice_packed_offset(k, H, n_slices, 0, 1, ALIGN, panel)
+                        const REAL *w_hn = w_packed + packed_at[k]
                                            + cgru_panels_size(2 * H, j1 - j0, panel);  /* (H, hs) */
                         FN(panels_matmul)(drh + j0, H, g_t + 2 * H, G, w_hn, B, j1 - j0, H, 0);
                     } else {
@@ -282,7 +284,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                 if (j1 <= j0) continue;
                 if (panels)
                     FN(panels_matmul)(dh_prev + j0, H, g_t, G,
-                                      w_packed + slice_packed_offset(k, H, n_slices, reset_after, 1, ALIGN, panel),
+                                      w_packed + packed_at[k],
                                       B, j1 - j0, K, 1);
                 else
                     FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
