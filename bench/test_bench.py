@@ -84,6 +84,8 @@ def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
     benchmark.group = f"{config_id(config)} {pass_name}"
     settle()
     benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
+        return
     gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
                                 pass_name=pass_name, gflops=gflops,
@@ -125,6 +127,8 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
     benchmark.group = f"streaming T{STREAM_T}-B1-I{STREAM_I}-H{STREAM_H}"
     settle()
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
+        return
     per_step_us = benchmark.stats.stats.median / STREAM_T * 1e6
     config = (STREAM_T, 1, STREAM_I, STREAM_H, 1, False)
     gflops = flops(config, False) / benchmark.stats.stats.median / 1e9
@@ -151,6 +155,8 @@ def test_thread_scaling(benchmark, pass_name, threads, sgemm_gflops):
         benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
     finally:
         cgru.set_num_threads(THREADS)
+    if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
+        return
     gflops = flops(SCALING_CONFIG, pass_name == "train") / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(implementation="cgru", config=config_id(SCALING_CONFIG),
                                 pass_name=f"scaling {pass_name}", threads_used=threads,
