@@ -253,18 +253,25 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
     for (; n + VL <= N; n += VL) {
         const REAL *block = w + (long)n * K;  /* (VL, K), contiguous */
         vec acc[VL];
-        /* row by row, so that the block streams from cache in address order; two partial sums
-         * per row halve the dependency chain */
-        for (int i = 0; i < VL; i++) {
-            const REAL *row = block + (long)i * K;
-            vec even = (vec){0}, odd = (vec){0};
-            int k = 0;
-            for (; k + 2 * VL <= K_vec; k += 2 * VL) {
-                even += *(const vec *)(row + k) * *(const vec *)(v + k);
-                odd += *(const vec *)(row + k + VL) * *(const vec *)(v + k + VL);
+        /* eight rows at a time, so that each vector of v loaded serves eight rows of w, in
+         * eight independent chains of multiply-adds */
+        for (int i = 0; i < VL; i += 8) {
+            const REAL *r = block + (long)i * K;
+            vec a0 = (vec){0}, a1 = (vec){0}, a2 = (vec){0}, a3 = (vec){0};
+            vec a4 = (vec){0}, a5 = (vec){0}, a6 = (vec){0}, a7 = (vec){0};
+            for (int k = 0; k < K_vec; k += VL) {
+                const vec vk = *(const vec *)(v + k);
+                a0 += *(const vec *)(r + k) * vk;
+                a1 += *(const vec *)(r + K + k) * vk;
+                a2 += *(const vec *)(r + 2L * K + k) * vk;
+                a3 += *(const vec *)(r + 3L * K + k) * vk;
+                a4 += *(const vec *)(r + 4L * K + k) * vk;
+                a5 += *(const vec *)(r + 5L * K + k) * vk;
+                a6 += *(const vec *)(r + 6L * K + k) * vk;
+                a7 += *(const vec *)(r + 7L * K + k) * vk;
             }
-            if (k < K_vec) even += *(const vec *)(row + k) * *(const vec *)(v + k);
-            acc[i] = even + odd;
+            acc[i] = a0, acc[i + 1] = a1, acc[i + 2] = a2, acc[i + 3] = a3;
+            acc[i + 4] = a4, acc[i + 5] = a5, acc[i + 6] = a6, acc[i + 7] = a7;
         }
         /* round with half-width h: pair (a, b) -> lanes [g*2h, g*2h+h) sum the two halves of a's
          * group g, lanes [g*2h+h, (g+1)*2h) those of b's; after the last round lane i holds the

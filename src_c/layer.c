@@ -18,6 +18,7 @@
  */
 #include <string.h>
 
+#include "barrier.h"
 #include "blas.h"
 #include "gates.h"
 #include "panels.h"

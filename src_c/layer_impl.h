@@ -129,6 +129,8 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     else memset(first, 0, sizeof(REAL) * B * H);
 
     /* 4. the time loop */
+    cgru_barrier step_barrier;
+    cgru_barrier_init(&step_barrier);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_slices)
 #endif
@@ -165,9 +167,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                     FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
             }
             if (!reset_after) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+                cgru_barrier_wait(&step_barrier, team);
                 /* every thread's r * h_prev is ready: n's GEMM reads all of it */
                 for (int k = me; k < n_slices; k += team) {
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
@@ -186,9 +186,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                                         B, H, j0, j1);
                 }
             }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            cgru_barrier_wait(&step_barrier, team);
         }
     }
 
@@ -227,6 +225,8 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 1, ALIGN, panel);
 
     /* 1. the time loop, against the forward's direction */
+    cgru_barrier step_barrier;
+    cgru_barrier_init(&step_barrier);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_slices)
 #endif
@@ -254,9 +254,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                     FN(gates_backward_zn)(dh_prev, g_t, dh_next, dy_t, ldy, h_prev, lengths, t, B,
                                           H, j0, j1);
             }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+            cgru_barrier_wait(&step_barrier, team);
             if (!reset_after) {
                 /* drh (B, H) = da_n (B, H) W_hn (H, H), then da_r; each thread its own columns */
                 for (int k = me; k < n_slices; k += team) {
@@ -272,9 +270,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                     }
                     FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
                 }
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+                cgru_barrier_wait(&step_barrier, team);
             }
             /* dh_prev (B, own columns) += [da_r | da_z | dhn] (B, 3H) W_hh (3H, own columns);
              * reset_after=0 stops at 2H, its n part went through drh above */
@@ -289,22 +285,15 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                 else
                     FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
             }
-            if (!reset_after) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            }
+            if (!reset_after) cgru_barrier_wait(&step_barrier, team);
             /* reset_after=1 needs no second barrier: the next step's postgemm touches only this
              * thread's columns of dh and the next step's rows of gates */
             REAL *swap = dh_next;
             dh_next = dh_prev;
             dh_prev = swap;
         }
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp master
-#endif
-        memcpy(dh0, dh_next, sizeof(REAL) * B * H);
+        cgru_barrier_wait(&step_barrier, team);
+        if (me == 0) memcpy(dh0, dh_next, sizeof(REAL) * B * H);
     }
 
     /* 2. weight, bias and input gradients: large GEMMs over all T*B rows */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "barrier.h"
 #include "blas.h"
 #include "gates.h"
 

@@ -18,6 +18,7 @@ typedef struct {
     const REAL *x_in, *h_prev_all;  /* copies of x (B, I0) and h_in (L, B, H) */
     const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
     REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
+    cgru_barrier *barrier;                  /* between layers, and before reset_after=0's n */
     int L, B, I0, H, reset_after, n_slices;
 } FN(step_work);
 
@@ -67,11 +68,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 FN(gates_forward_rz)(gx, bias, gh_own, rh, h_prev, 0, B, H, j0, j1);
         }
         if (!reset_after) {
-            if (team > 1) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            }
+            cgru_barrier_wait(w->barrier, team);
             /* every thread's r * h_prev is ready: n's product reads all of it */
             for (int k = me; k < n_slices; k += team) {
                 const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
@@ -85,11 +82,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
         }
         /* the next layer reads all of this layer's new state (after the last, the region's
          * end waits for every thread) */
-        if (l + 1 < L && team > 1) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        }
+        if (l + 1 < L) cgru_barrier_wait(w->barrier, team);
     }
 }
 
@@ -122,8 +115,10 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     const int n_slices = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK
                              ? step_slices(n_threads, H, ALIGN) : 1;
 
+    cgru_barrier barrier;
+    cgru_barrier_init(&barrier);
     const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, gx, gh, rh,
-                                        y, b_hn, bias, L, B, I0, H, reset_after, n_slices};
+                                        y, b_hn, bias, &barrier, L, B, I0, H, reset_after, n_slices};
     if (n_slices == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
     } else {

@@ -26,6 +26,26 @@ def test_one_and_two_threads_agree_within_tolerance(reset_after):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_more_threads_than_cores_still_agree_with_one_thread(reset_after):
+    # six threads on this project's two-core machines: the per-step barrier's waiters must give
+    # way to descheduled threads, and every step still sees all threads' work
+    gru = cgru.GRU(24, 100, num_layers=3, reset_after=reset_after, dtype=np.float64, seed=1)
+    x = np.random.default_rng(1).standard_normal((30, 2, 24))
+    cgru.set_num_threads(1)
+    one = _train_step(gru, x)
+    h_one = np.zeros((3, 2, 100))
+    for t in range(5):
+        h_one = gru.step(x[t], h_one)
+    cgru.set_num_threads(6)
+    six = _train_step(gru, x)
+    h_six = np.zeros((3, 2, 100))
+    for t in range(5):
+        h_six = gru.step(x[t], h_six)
+    for a, b in zip(one + [h_one], six + [h_six]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_results_are_bitwise_identical_run_to_run_for_a_fixed_thread_count():
     cgru.set_num_threads(2)
     gru = cgru.GRU(40, 67, num_layers=2, bidirectional=True, reset_after=False, seed=0)
