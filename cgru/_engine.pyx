@@ -342,6 +342,16 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     _check(status, "layer_backward")
 
 
+cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int d
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:
+            return False
+    return True
+
+
 cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, int rows,
                              int cols):
     """params[name] checked as gru.GRU._checked_params does: dtype, contiguity and exact shape.
@@ -403,7 +413,8 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
         out = cnp.PyArray_EMPTY(nd_h, cnp.PyArray_DIMS(ha), type_num, 0)
     elif (not cnp.PyArray_Check(out) or cnp.PyArray_TYPE(<cnp.ndarray>out) != type_num
           or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
-          or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) or out.shape != h.shape):
+          or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+          or not _same_shape(<cnp.ndarray>out, ha)):
         raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {h.shape}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(xa):
         xa = np.ascontiguousarray(xa)

@@ -4,6 +4,8 @@ This layer validates, lays arrays out contiguously, allocates one workspace per 
 each layer and direction to the C engine (which runs without the GIL). Everything per time step
 happens in C.
 """
+import sys
+
 import numpy as np
 
 from . import _engine
@@ -102,7 +104,8 @@ class GRU:
     @staticmethod
     def _names(layer, direction):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        return ["weight_ih" + suffix, "weight_hh" + suffix, "bias_ih" + suffix, "bias_hh" + suffix]
+        # interned, so that step()'s lookups by these names compare keys by identity
+        return [sys.intern(kind + suffix) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def train(self, mode=True):
         """Training mode: forwards keep what backward needs, and dropout applies."""

@@ -305,10 +305,13 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
         *(vec *)(out + n) = sums;
     }
     for (; n < N; n++) {
-        const REAL *restrict row = w + (long)n * K;
+        /* whole vectors first, then their lanes, then leftover k */
+        const REAL *row = w + (long)n * K;
+        vec part = (vec){0};
+        for (int k = 0; k < K_vec; k += VL) part += *(const vec *)(row + k) * *(const vec *)(v + k);
         REAL total = 0;
-#pragma omp simd reduction(+ : total)
-        for (int k = 0; k < K; k++) total += row[k] * v[k];
+        for (int i = 0; i < VL; i++) total += part[i];
+        for (int k = K_vec; k < K; k++) total += row[k] * v[k];
         out[n] = total;
     }
 }

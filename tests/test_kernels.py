@@ -86,12 +86,13 @@ def test_backward_runs_on_more_threads_than_its_forward():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_step_on_shared_threads_follows_the_sequence_forward(reset_after, num_layers, B,
                                                              threads):
-    """Large enough for threads to share each step; out=h updates the state in place."""
+    """Large enough for threads to share each step (3H (I + H) >= 131072 multiply-adds); out=h
+    updates the state in place."""
     cgru.set_num_threads(threads)
-    gru = cgru.GRU(40, 160, num_layers=num_layers, reset_after=reset_after, dtype="float64",
+    gru = cgru.GRU(40, 208, num_layers=num_layers, reset_after=reset_after, dtype="float64",
                    seed=4).eval()
     x = np.random.default_rng(1).standard_normal((6, B, 40))
-    h0 = np.random.default_rng(2).standard_normal((num_layers, B, 160))
+    h0 = np.random.default_rng(2).standard_normal((num_layers, B, 208))
     y, h_n = gru(x, h0)
     h = h0.copy()
     for t in range(6):
