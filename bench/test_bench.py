@@ -57,11 +57,38 @@ def sgemm_gflops():
     return 2 * n ** 3 / np.median(times) / 1e9
 
 
+def handoff_probe_us():
+    """The machine's state, as cgru's per-step cost on a tiny layer (T=200, B=1, H=32) on the
+    benchmark's threads: almost nothing but the hand-off between cores at every step. On shared
+    VMs the hypervisor's placement of the cores changes it by 2-3x from one minute to the next,
+    and with it every timing that synchronises threads; report.py flags groups timed across
+    such a change."""
+    before = cgru.get_num_threads()
+    cgru.set_num_threads(THREADS)
+    try:
+        gru = cgru.GRU(8, 32, seed=0).eval()
+        x = np.ones((200, 1, 8), np.float32)
+        gru(x)
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            gru(x)
+            times.append(time.perf_counter() - t)
+    finally:
+        cgru.set_num_threads(before)
+    return float(np.median(times)) / 200 * 1e6
+
+
 def settle():
     """Let the worker threads of whatever ran before (OpenBLAS, OpenMP runtimes, ONNX Runtime's
-    pool) stop spinning, so that each implementation is timed on idle cores with its own threads
-    only. Without this pause the first rounds after a peer share the cores with its spinners."""
+    pool) stop spinning, probe the machine's state, and pause again for the probe's own threads,
+    so that each implementation (and the probe) is timed on idle cores with its own threads only.
+    Without the pauses the first rounds after a peer share the cores with its spinners. Returns
+    the probe (us per step)."""
     time.sleep(0.3)
+    probe = handoff_probe_us()
+    time.sleep(0.3)
+    return probe
 
 
 def _build(peer, config):
@@ -82,7 +109,7 @@ def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
     if peer.name == "numpy reference" and pass_name == "train" and config[0] * config[3] > 60000:
         pytest.skip("the NumPy reference's training step is too slow for this configuration")
     benchmark.group = f"{config_id(config)} {pass_name}"
-    settle()
+    handoff_us = settle()
     benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
     if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
         return
@@ -90,7 +117,7 @@ def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
     benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
                                 pass_name=pass_name, gflops=gflops,
                                 sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
-                                threads=THREADS)
+                                threads=THREADS, handoff_us=handoff_us)
 
 
 STREAM_T, STREAM_I, STREAM_H = 1000, 32, 128
@@ -125,7 +152,7 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                 for t in range(STREAM_T):
                     h = cell(xt[t], h)
     benchmark.group = f"streaming T{STREAM_T}-B1-I{STREAM_I}-H{STREAM_H}"
-    settle()
+    handoff_us = settle()
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
     if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
         return
@@ -135,7 +162,7 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
     benchmark.extra_info.update(implementation=implementation, config=benchmark.group,
                                 pass_name="streaming", per_step_us=per_step_us, gflops=gflops,
                                 sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
-                                threads=THREADS)
+                                threads=THREADS, handoff_us=handoff_us)
 
 
 SCALING_CONFIG = (50, 128, 512, 512, 1, False)
@@ -150,7 +177,7 @@ def test_thread_scaling(benchmark, pass_name, threads, sgemm_gflops):
     cgru.set_num_threads(threads)
     fn = impl.forward if pass_name == "forward" else impl.train_step
     benchmark.group = f"threads {config_id(SCALING_CONFIG)} {pass_name}"
-    settle()
+    handoff_us = settle()
     try:
         benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
     finally:
@@ -161,4 +188,4 @@ def test_thread_scaling(benchmark, pass_name, threads, sgemm_gflops):
     benchmark.extra_info.update(implementation="cgru", config=config_id(SCALING_CONFIG),
                                 pass_name=f"scaling {pass_name}", threads_used=threads,
                                 gflops=gflops, sgemm_fraction=gflops / sgemm_gflops,
-                                sgemm_gflops=sgemm_gflops, threads=THREADS)
+                                sgemm_gflops=sgemm_gflops, threads=THREADS, handoff_us=handoff_us)
