@@ -64,7 +64,8 @@ class Torch:
         torch.set_num_threads(THREADS)
         self.torch = torch
         self.gru = torch.nn.GRU(I, H, num_layers=layers, bidirectional=bidirectional)
-        self.x = torch.randn(T, B, I)
+        # the input gradient is part of a training step, as cgru's backward computes it
+        self.x = torch.randn(T, B, I, requires_grad=True)
         self.dy = torch.ones(T, B, H * (2 if bidirectional else 1))
 
     def forward(self):
@@ -73,6 +74,7 @@ class Torch:
 
     def train_step(self):
         self.gru.zero_grad(set_to_none=False)
+        self.x.grad = None
         y, _ = self.gru(self.x)
         y.backward(self.dy)
 
@@ -120,7 +122,8 @@ class OnnxRuntime:
 
 
 class Keras:
-    """Keras GRU (reset_after=True), on whichever backend Keras is configured with."""
+    """Keras GRU (reset_after=True), on whichever backend Keras is configured with. Its training
+    step (train_on_batch) computes no input gradient, so it does less work than the others'."""
     name = "keras"
 
     def __init__(self, T, B, I, H, layers=1, bidirectional=False):
@@ -167,14 +170,15 @@ class Jax:
         self.params = params
         self.x = jnp.asarray(np.random.default_rng(0).standard_normal((T, B, I)), jnp.float32)
         self._forward = jax.jit(run)
-        self._grad = jax.jit(jax.grad(lambda p, x: run(p, x).sum()))
+        # parameter gradients and the input gradient, as cgru's backward computes
+        self._grad = jax.jit(jax.grad(lambda p, x: run(p, x).sum(), argnums=(0, 1)))
 
     def forward(self):
         return self._forward(self.params, self.x).block_until_ready()
 
     def train_step(self):
-        grads = self._grad(self.params, self.x)
-        return [g.block_until_ready() for g in grads.values()]
+        grads, dx = self._grad(self.params, self.x)
+        return [g.block_until_ready() for g in grads.values()] + [dx.block_until_ready()]
 
 
 def available_peers():
