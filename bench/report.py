@@ -2,7 +2,8 @@
 
 Prints and records one table: configuration x implementation, median time, GFLOP/s, fraction of
 the sgemm throughput measured in the same run, and the ratio to the fastest peer (not cgru, not
-the NumPy reference) of that configuration and pass.
+the NumPy reference) of that configuration and pass, with the machine-state probe timed before
+each implementation; groups timed across a change of state are run again.
 """
 import datetime
 import json
