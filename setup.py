@@ -3,9 +3,18 @@
 Environment switches:
   CGRU_OPENMP=0   build without OpenMP (the engine then runs on one thread)
   CGRU_NATIVE=1   add -march=native (the wheel then runs only on CPUs like the build machine)
-The build probes the compiler for OpenMP and prints what it chose.
+  CGRU_SANITIZE=address,undefined
+                  a sanitizer build (any comma list that gcc's -fsanitize= accepts): -O1 -g
+                  -fno-omit-frame-pointer instead of -O3, undefined behaviour aborts
+                  (-fno-sanitize-recover=undefined), OpenMP stays on. Python must then run with
+                  the sanitizer runtime preloaded: see .ci/sanitize.
+The build probes the compiler for OpenMP, compiling and linking with the same flags the extension
+gets (the user's CFLAGS and LDFLAGS and the sanitizer flags included), and prints what it chose.
+An -O level in the user's CFLAGS replaces the build's own (-O3, or -O1 for a sanitizer build).
 """
 import os
+import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -18,19 +27,34 @@ from setuptools.command.build_ext import build_ext
 C_SOURCES = ["src_c/activations.c", "src_c/blas.c", "src_c/layer.c", "src_c/step.c", "src_c/threads.c"]
 # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which stops GCC from vectorising the
 # kernels' index arithmetic (measured: 5x slower step())
-BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fno-wrapv"]
+BASE_FLAGS = ["-std=gnu11", "-fno-math-errno", "-fno-wrapv"]
+
+OPENMP_PROBE = ("#include <omp.h>\nint main(void){int n=0;\n"
+                "#pragma omp parallel reduction(+:n)\nn+=1;\nreturn omp_get_max_threads()>0?0:n;}\n")
+PLAIN_PROBE = "int main(void){return 0;}\n"
+SIMD_PROBE = ("int main(void){float a[8]={0};\n#pragma omp simd\n"
+              "for(int i=0;i<8;i++)a[i]+=1;\nreturn (int)a[0]-1;}\n")
 
 
-def _compiles_with(compiler, flags):
-    """True when the compiler builds and links a small OpenMP program with these flags."""
+def _env_flags(name):
+    return shlex.split(os.environ.get(name, ""))
+
+
+def _builds_with(compiler, source, compile_flags, link_flags):
+    """True when the compiler compiles and links this program as the extension is built: the
+    compiler's own flags and the user's CFLAGS (both already in compiler_so), then compile_flags;
+    the link with the user's CFLAGS and LDFLAGS (which setuptools also adds to the extension's
+    link line), then link_flags. Linking an executable makes missing runtimes (libgomp, libasan)
+    fail here instead of at import."""
     tmp = tempfile.mkdtemp(prefix="cgru-probe-")
     try:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void){int n=0;\n"
-                    "#pragma omp parallel reduction(+:n)\nn+=1;\nreturn omp_get_max_threads()>0?0:n;}\n")
-        objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-        compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
+            f.write(source)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=compile_flags)
+        compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                 extra_postargs=_env_flags("LDFLAGS") + _env_flags("CFLAGS")
+                                 + link_flags)
         return True
     except Exception:
         return False
@@ -38,29 +62,74 @@ def _compiles_with(compiler, flags):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _sanitizers():
+    """The CGRU_SANITIZE list, normalised ("address,undefined"), or None when unset."""
+    value = os.environ.get("CGRU_SANITIZE", "").strip()
+    if not value or value == "0":
+        return None
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if not names or any(not re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in names):
+        raise SystemExit(f"cgru build: CGRU_SANITIZE must be a comma-separated list of "
+                         f"sanitizers such as address,undefined; got {value!r}")
+    return ",".join(names)
+
+
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
-        flags = list(BASE_FLAGS)
+        flags, link_flags = list(BASE_FLAGS), []
+        user_sets_opt = any(re.fullmatch(r"-O.*", f) for f in _env_flags("CFLAGS"))
+        sanitize = _sanitizers()
+        if sanitize:
+            sanitizer_flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=undefined",
+                               "-fno-omit-frame-pointer", "-g"]
+            flags = ([] if user_sets_opt else ["-O1"]) + flags + sanitizer_flags
+            link_flags = [f"-fsanitize={sanitize}"]
+            if not _builds_with(self.compiler, PLAIN_PROBE, flags, link_flags):
+                raise SystemExit(f"cgru build: the compiler cannot build and link with "
+                                 f"-fsanitize={sanitize} (CGRU_SANITIZE)")
+            print(f"cgru build: sanitizers {sanitize}: {' '.join(flags)}; import cgru only with "
+                  f"the runtime preloaded, e.g. LD_PRELOAD=$(gcc -print-file-name=libasan.so)",
+                  file=sys.stderr)
+        elif not user_sets_opt:
+            flags = ["-O3"] + flags
+        if user_sets_opt:
+            print("cgru build: the -O level of CFLAGS is used", file=sys.stderr)
         if os.environ.get("CGRU_NATIVE") == "1":
             flags.append("-march=native")
         want_openmp = os.environ.get("CGRU_OPENMP", "1") != "0"
-        openmp = want_openmp and _compiles_with(self.compiler, ["-fopenmp"])
+        openmp = want_openmp and _builds_with(self.compiler, OPENMP_PROBE, flags + ["-fopenmp"],
+                                              link_flags + ["-fopenmp"])
         if openmp:
-            compile_flags, link_flags = flags + ["-fopenmp"], ["-fopenmp"]
+            compile_flags, link_flags = flags + ["-fopenmp"], link_flags + ["-fopenmp"]
             print("cgru build: OpenMP on (-fopenmp)", file=sys.stderr)
         else:
-            simd = ["-fopenmp-simd"] if _compiles_with(self.compiler, ["-fopenmp-simd"]) else []
-            compile_flags, link_flags = flags + simd, []
+            simd = (["-fopenmp-simd"] if _builds_with(self.compiler, SIMD_PROBE,
+                                                      flags + ["-fopenmp-simd"], link_flags)
+                    else [])
+            compile_flags = flags + simd
             reason = "CGRU_OPENMP=0" if not want_openmp else "the compiler cannot build OpenMP code"
             banner = "*" * 78
             print(f"{banner}\ncgru build: OpenMP OFF ({reason}); the engine will run on ONE thread.\n"
                   f"{banner}", file=sys.stderr)
+        # objects built with other flags (another CGRU_SANITIZE, CGRU_OPENMP, CFLAGS) are stale
+        # although their sources are not: rebuild everything when the flags change
+        stamp = os.path.join(self.build_temp, "cgru-flags.txt")
+        record = "\n".join([" ".join(self.compiler.compiler_so), " ".join(compile_flags),
+                            " ".join(self.compiler.linker_so), " ".join(link_flags)])
+        try:
+            with open(stamp) as f:
+                self.force = self.force or f.read() != record
+        except OSError:
+            self.force = True
         for ext in self.extensions:
             ext.extra_compile_args = compile_flags
             ext.extra_link_args = link_flags
             ext.define_macros = [("CGRU_BUILD_FLAGS", '"' + " ".join(compile_flags) + '"'),
                                  ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:  # only after a build that succeeded
+            f.write(record)
 
 
 extensions = [
