@@ -30,6 +30,58 @@ def _check_units(units, cls):
     return int(units)
 
 
+# The most units a layer read from a file may declare (a GRU of 65536 units holds 51 GB of
+# recurrent weights in float32: anything larger is a damaged or crafted file).
+MAX_UNITS = 1 << 16
+
+
+def _config(config, cls):
+    """from_config's first check: a dict with string keys (a copy), units within MAX_UNITS."""
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"{cls} config must be a dict of settings, got {config!r:.80}")
+    units = config.get("units", 1)
+    if isinstance(units, int) and not isinstance(units, bool) and units > MAX_UNITS:
+        raise ValueError(f"{cls} config: units must be at most {MAX_UNITS}, got {units}")
+    return dict(config)
+
+
+def _initializer(spec, key, cls):
+    """An initializer from a config entry {'class': name, 'config': {...}}."""
+    if not (isinstance(spec, dict) and set(spec) == {"class", "config"}
+            and isinstance(spec["class"], str) and isinstance(spec["config"], dict)):
+        raise ValueError(f"{cls} config: {key} must be {{'class': name, 'config': {{...}}}}, "
+                         f"got {spec!r:.80}")
+    try:
+        return initializers.deserialize(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cls} config: {key} {spec!r:.80} is not a cgru initializer "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _construct(cls, config, *args):
+    """cls(*args, **config), an unknown setting (TypeError) said as a ValueError."""
+    try:
+        return cls(*args, **config)
+    except TypeError as e:
+        raise ValueError(f"{cls.__name__} config: {e}") from None
+
+
+def _same_config(layer, config):
+    """from_config's last check: the layer describes itself with exactly `config`, so no setting
+    was missing, and none was silently converted (return_sequences 'no', a NaN rate)."""
+    again = layer.get_config()
+    name = type(layer).__name__
+    missing = sorted(set(again) - set(config))
+    if missing:
+        raise ValueError(f"{name} config: missing {', '.join(missing)}")
+    differing = [k for k in again if again[k] != config[k]]
+    if differing:
+        raise ValueError(f"{name} config: " + ", ".join(f"{k}={config[k]!r:.80}"
+                                                         for k in differing)
+                         + " is not a valid setting")
+    return layer
+
+
 def swap_gate_blocks(a, axis=0):
     """Reorder the three gate blocks along `axis` between Keras/ONNX (z, r, n) and PyTorch/cgru
     (r, z, n). The swap is its own inverse."""
@@ -61,6 +113,11 @@ class Layer:
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.built = True
+
+    def param_shapes(self, input_shape):
+        """{name: shape} of the `params` that build(input_shape) creates, without creating them
+        (load_model compares a file's arrays with these before allocating anything)."""
+        return {}
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -150,10 +207,24 @@ class GRU(Layer):
 
     # ---- building -------------------------------------------------------------------------------
 
-    def build(self, input_shape, rng, dtype):
+    def _check_input(self, input_shape):
         if len(input_shape) != 2:
             raise ValueError(f"layer '{self.name}' (GRU) takes input (batch, time, features); "
                              f"it got input of shape (batch, {', '.join(map(str, input_shape))})")
+
+    def param_shapes(self, input_shape):
+        self._check_input(input_shape)
+        features, H = input_shape[-1], self.units
+        shapes = {}
+        for d in range(self.directions):
+            w_ih, w_hh, b_ih, b_hh = _EngineGRU._names(0, d)
+            shapes[w_ih], shapes[w_hh] = (3 * H, features), (3 * H, H)
+            if self.use_bias:
+                shapes[b_ih] = shapes[b_hh] = (3 * H,)
+        return shapes
+
+    def build(self, input_shape, rng, dtype):
+        self._check_input(input_shape)
         super().build(input_shape, rng, dtype)
         features, H = input_shape[-1], self.units
         self._engine = _EngineGRU(features, H, bias=self.use_bias, batch_first=True,
@@ -295,10 +366,13 @@ class GRU(Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        """The layer get_config() describes; ValueError naming the setting for anything else."""
+        config = _config(config, "GRU")
+        args = dict(config)
         for key in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
-            config[key] = initializers.deserialize(config[key])
-        return cls(**config)
+            if key in args:
+                args[key] = _initializer(args[key], key, "GRU")
+        return _same_config(_construct(cls, args), config)
 
     def __repr__(self):
         return (f"GRU({self.units}, return_sequences={self.return_sequences}, "
@@ -361,10 +435,19 @@ class Bidirectional(Layer):
         return {"name": self.name, "merge_mode": self.merge_mode,
                 "layer": {"class": "GRU", "config": self.layer.get_config()}}
 
+    def param_shapes(self, input_shape):
+        return self.layer.param_shapes(input_shape)
+
     @classmethod
     def from_config(cls, config):
-        return cls(GRU.from_config(config["layer"]["config"]), config["merge_mode"],
-                   config["name"])
+        config = _config(config, "Bidirectional")
+        inner = config.get("layer")
+        if not (isinstance(inner, dict) and set(inner) == {"class", "config"}
+                and inner["class"] == "GRU"):
+            raise ValueError(f"Bidirectional config: layer must be {{'class': 'GRU', 'config': "
+                             f"{{...}}}}, got {inner!r:.80}")
+        args = {k: v for k, v in config.items() if k != "layer"}
+        return _same_config(_construct(cls, args, GRU.from_config(inner["config"])), config)
 
 
 ACTIVATIONS = (None, "linear", "relu", "sigmoid", "tanh", "softmax")
@@ -387,12 +470,18 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self._cache = None
 
+    def param_shapes(self, input_shape):
+        shapes = {"kernel": (input_shape[-1], self.units)}
+        if self.use_bias:
+            shapes["bias"] = (self.units,)
+        return shapes
+
     def build(self, input_shape, rng, dtype):
         super().build(input_shape, rng, dtype)
-        features = input_shape[-1]
-        self.params = {"kernel": self.kernel_initializer((features, self.units), rng, dtype)}
+        shapes = self.param_shapes(input_shape)
+        self.params = {"kernel": self.kernel_initializer(shapes["kernel"], rng, dtype)}
         if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.units,), rng, dtype)
+            self.params["bias"] = self.bias_initializer(shapes["bias"], rng, dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def compute_output_shape(self, input_shape):
@@ -452,10 +541,12 @@ class Dense(Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = _config(config, "Dense")
+        args = dict(config)
         for key in ("kernel_initializer", "bias_initializer"):
-            config[key] = initializers.deserialize(config[key])
-        return cls(**config)
+            if key in args:
+                args[key] = _initializer(args[key], key, "Dense")
+        return _same_config(_construct(cls, args), config)
 
     def __repr__(self):
         return f"Dense({self.units}, activation={self.activation!r}, name={self.name!r})"
@@ -486,7 +577,8 @@ class Dropout(Layer):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        config = _config(config, "Dropout")
+        return _same_config(_construct(cls, dict(config)), config)
 
     def __repr__(self):
         return f"Dropout({self.rate}, name={self.name!r})"

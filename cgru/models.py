@@ -9,12 +9,20 @@ metadata); `weights/<layer>/<name>` hold parameters in the engine's layout and
 same directory, flushes it to disk and renames it over the target, so a crash mid-save leaves
 the previous file intact.
 """
+import ast
+import collections
 import json
 import math
 import os
+import re
+import socket
+import stat
+import struct
 import sys
 import tempfile
+import time
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -396,8 +404,10 @@ class Sequential:
 
     def save(self, path, include_optimizer=True, metadata=None):
         """Write architecture, weights and (by default) optimizer state to one .npz file,
-        atomically. `metadata`: a JSON-serialisable dict kept with the model."""
+        atomically. `metadata`: a dict of JSON values kept with the model."""
         self._require_built("save")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"save: metadata must be a dict, got {type(metadata).__name__}")
         description = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
             "dtype": self.dtype.name, "input_shape": list(self.input_shape),
@@ -421,77 +431,400 @@ class Sequential:
             text = json.dumps(description)
         except TypeError as e:
             raise TypeError(f"save: metadata must be JSON-serialisable ({e})") from None
+        if len(text) > _MAX_DESCRIPTION_CHARS:
+            raise ValueError(f"save: the model description takes {len(text):,} characters of "
+                             f"JSON, more than the {_MAX_DESCRIPTION_CHARS:,} load_model reads; "
+                             f"keep large data out of metadata")
         arrays[_DESCRIPTION] = np.array(text)
         _atomic_savez(os.fspath(path), arrays)
 
 
+# ---- loading ------------------------------------------------------------------------------------
+#
+# load_model trusts nothing in the file. In order, before anything is inflated or allocated:
+# the zip directory (unique names, only uncompressed .npy members, sizes that fit in the file),
+# the description (size, then strict JSON, then every field's type and range), the layers built
+# from it without weights, and the weights' shapes (from the .npy headers) against the shapes
+# the layers need, whose bytes must fit in the file. Only then are the weights allocated and read.
+
+_MAX_DESCRIPTION_CHARS = 1 << 22     # JSON text; stored as UTF-32, 4 bytes a character
+_MAX_NPY_HEADER = 4096               # NumPy writes about 128 bytes
+_MAX_DIMENSION = (1 << 31) - 1       # a size in input_shape (the engine counts in C ints)
+_ARRAY_DESCRS = ("<f4", ">f4", "<f8", ">f8")
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+               struct.error, NotImplementedError, RuntimeError, zlib.error, OverflowError)
+_DESCRIPTION_KEYS = {"format", "format_version", "name", "dtype", "input_shape", "layers",
+                     "rng_state", "metadata", "compile"}
+_COMPILE_KEYS = {"optimizer", "loss", "metrics", "optimizer_iterations"}
+
+
+class _Refused(ValueError):
+    """Why a file cannot be loaded, said after its name: 'is truncated or corrupted (...)'."""
+
+
+def _invalid(cause):
+    return _Refused(f"has an invalid model description: {cause}")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_model(path, compile=True):
-    """Read a model written by `Sequential.save`. Runs no code from the file; a truncated,
-    corrupted or foreign file raises ValueError saying what is wrong."""
+    """Read a model written by `Sequential.save`. Runs no code from the file, and reads nothing
+    it has not checked first: a damaged, foreign or crafted file raises ValueError naming the
+    file and the cause (a missing file, FileNotFoundError). compile=False skips the optimizer,
+    loss and metrics."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
-            if _DESCRIPTION not in names:
-                raise ValueError(f"{path} is not a cgru model file (no '{_DESCRIPTION}' entry)")
-            arrays = {k: archive[k] for k in names}
-    except ValueError as e:
-        if "cgru model file" in str(e):
+        with _Archive(path) as archive:
+            return _read_model(archive, compile)
+    except _Refused as e:
+        raise ValueError(f"{path} {e}") from None
+
+
+class _Archive:
+    """A model file's members (name without '.npy' -> ZipInfo), checked from the zip directory
+    alone: nothing is inflated here."""
+
+    def __init__(self, path):
+        if os.path.isdir(path):
+            raise _Refused("is a directory, not a cgru model file")
+        try:
+            self.size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise _Refused(f"cannot be read ({e.strerror or e})") from None
+        if self.size == 0:
+            raise _Refused("is empty, not a cgru model file")
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+            kind = "a single .npy array" if magic == b"\x93NUM" else "not a .npz archive"
+            raise _Refused(f"is not a cgru model file ({kind})")
+        try:
+            self.zip = zipfile.ZipFile(path)
+            infos = self.zip.infolist()
+        except _ZIP_ERRORS as e:
+            raise _Refused(f"is truncated or corrupted ({_cause(e)})") from None
+        try:
+            self.members = self._checked(infos)
+        except BaseException:
+            self.zip.close()
             raise
-        raise ValueError(f"{path} is not a readable cgru model file: {e}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise ValueError(f"{path} is truncated or corrupted ({type(e).__name__}: {e})") from None
-    try:
-        description = json.loads(str(arrays.pop(_DESCRIPTION)))
-    except (json.JSONDecodeError, UnicodeError) as e:
-        raise ValueError(f"{path}: the model description is corrupted ({e})") from None
-    if description.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a cgru model file (format {description.get('format')!r})")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {description.get('format_version')}; this "
-                         f"cgru reads version {FORMAT_VERSION}")
-    try:
-        model = Sequential(name=description["name"], dtype=description["dtype"])
-        for spec in description["layers"]:
-            if spec["class"] not in _layers.CLASSES:
-                raise ValueError(f"unknown layer class {spec['class']!r}")
-            model.add(_layers.CLASSES[spec["class"]].from_config(spec["config"]))
-        model.build((None,) + tuple(description["input_shape"]))
-        model.rng.bit_generator.state = description["rng_state"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: the model description is invalid ({type(e).__name__}: {e})") \
-            from None
 
-    expected = {f"weights/{l.name}/{k}": v for l in model.layers for k, v in l.params.items()}
-    saved = {k: v for k, v in arrays.items() if k.startswith("weights/")}
-    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
+
+    def _checked(self, infos):
+        names = [info.filename for info in infos]
+        if _DESCRIPTION + ".npy" not in names:
+            shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            raise _Refused(f"is not a cgru model file (no '{_DESCRIPTION}' entry; it holds "
+                           f"{shown or 'nothing'})")
+        repeated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
+        if repeated:
+            raise _Refused(f"is corrupted: entries {repeated[:3]} appear more than once")
+        total = 0
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise _Refused(f"is not a cgru model file (entry {name!r} is not a NumPy array)")
+            if info.flag_bits & 0x1:
+                raise _Refused(f"is not a cgru model file (entry {name!r} is encrypted)")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _Refused(f"is not a cgru model file as Sequential.save writes it (entry "
+                               f"{name!r} is compressed; cgru stores its arrays uncompressed)")
+            if info.file_size != info.compress_size or \
+                    info.header_offset + info.compress_size > self.size:
+                raise _Refused(f"is truncated or corrupted (entry {name!r} declares "
+                               f"{info.file_size:,} bytes, stores {info.compress_size:,}, in a "
+                               f"file of {self.size:,})")
+            total += info.compress_size
+        if total > self.size:
+            raise _Refused(f"is corrupted: its entries declare {total:,} bytes in a file of "
+                           f"{self.size:,}")
+        return {name[:-len(".npy")]: info for name, info in zip(names, infos)}
+
+    def _open(self, key):
+        try:
+            return self.zip.open(self.members[key])
+        except _ZIP_ERRORS as e:
+            raise _Refused(f"is truncated or corrupted ({_cause(e)})") from None
+
+    def header(self, key):
+        """(dtype descr, shape, fortran_order, data offset) from member `key`'s .npy header."""
+        with self._open(key) as member:
+            try:
+                return _npy_header(member, self.members[key].file_size, key)
+            except _ZIP_ERRORS as e:
+                raise _Refused(f"is truncated or corrupted ({_cause(e)})") from None
+
+    def array(self, key, descrs, shape=None):
+        """Member `key` as an array, after checking that its header declares one of the dtype
+        strings `descrs` and `shape` (when given), and that its size is exactly header + data."""
+        descr, stored_shape, fortran, offset = self.header(key)
+        if descr not in descrs:
+            raise _Refused(f"is not a cgru model file (entry '{key}' holds dtype {descr!r:.40}, "
+                           f"not {' or '.join(sorted(descrs))})")
+        if shape is not None and stored_shape != tuple(shape):
+            raise _Refused(f"does not match its architecture: entry '{key}' has shape "
+                           f"{stored_shape}, the model needs {tuple(shape)}")
+        dtype = np.dtype(descr)  # one of the few strings allowed above
+        nbytes = math.prod(stored_shape) * dtype.itemsize
+        if offset + nbytes != self.members[key].file_size:
+            raise _Refused(f"is truncated or corrupted (entry '{key}' holds "
+                           f"{self.members[key].file_size:,} bytes; its header declares "
+                           f"{offset + nbytes:,})")
+        with self._open(key) as member:
+            try:
+                member.read(offset)
+                data = member.read(nbytes)
+                if len(data) != nbytes or member.read(1):  # reading to the end checks the CRC
+                    raise _Refused(f"is truncated or corrupted (entry '{key}' ends early)")
+            except _ZIP_ERRORS as e:
+                raise _Refused(f"is truncated or corrupted ({_cause(e)})") from None
+        array = np.frombuffer(data, dtype=dtype)
+        if fortran:
+            return array.reshape(stored_shape[::-1]).T
+        return array.reshape(stored_shape)
+
+
+def _npy_header(member, size, key):
+    """Parse the .npy header at the start of a zip member of `size` bytes, strictly: version 1,
+    2 or 3, at most _MAX_NPY_HEADER bytes, a literal dict of exactly descr (a string),
+    fortran_order (a bool) and shape (a tuple of integers >= 0)."""
+    def bad(cause):
+        return _Refused(f"is truncated or corrupted (entry '{key}': {cause})")
+
+    start = member.read(8)
+    if len(start) < 8 or start[:6] != b"\x93NUMPY" or start[6] not in (1, 2, 3) or start[7]:
+        raise bad("not a NumPy .npy array")
+    width = 2 if start[6] == 1 else 4
+    length = int.from_bytes(member.read(width), "little")
+    offset = 8 + width + length
+    if length > _MAX_NPY_HEADER or offset > size:
+        raise bad(f"a header of {length:,} bytes")
+    raw = member.read(length)
+    try:
+        header = ast.literal_eval(raw.decode("utf-8" if start[6] == 3 else "latin1"))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, UnicodeError):
+        raise bad("an unreadable header") from None
+    if not (isinstance(header, dict) and set(header) == {"descr", "fortran_order", "shape"}
+            and isinstance(header["descr"], str) and isinstance(header["fortran_order"], bool)
+            and isinstance(header["shape"], tuple)
+            and all(_is_int(n) and n >= 0 for n in header["shape"])):
+        raise bad(f"an invalid header {raw[:80]!r}")
+    return header["descr"], header["shape"], header["fortran_order"], offset
+
+
+def _cause(error):
+    return f"{type(error).__name__}: {error}"
+
+
+def _read_model(archive, compile):
+    description = _description(archive)
+    model = _unbuilt_model(description)
+    input_shape = tuple(description["input_shape"])
+    expected = _declared_weights(model, input_shape)
+    count = sum(math.prod(shape) for shape in expected.values())
+    if count * model.dtype.itemsize > archive.size:
+        raise _Refused(f"does not match its architecture: the description declares {count:,} "
+                       f"{model.dtype.name} parameters ({count * model.dtype.itemsize:,} bytes), "
+                       f"more than the file's {archive.size:,} bytes")
+    stored = {k for k in archive.members if k.startswith("weights/")}
+    missing, unexpected = sorted(set(expected) - stored), sorted(stored - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the architecture (missing {missing}, "
-                         f"unexpected {unexpected})")
-    for key, target in expected.items():
-        if saved[key].shape != target.shape or saved[key].dtype != target.dtype:
-            raise ValueError(f"{path}: weight '{key}' is {saved[key].dtype}{saved[key].shape}, "
-                             f"the architecture needs {target.dtype}{target.shape}")
-        target[...] = saved[key]
+        raise _Refused(f"does not match its architecture: weights missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    others = sorted(k for k in archive.members
+                    if k != _DESCRIPTION and not k.startswith(("weights/", "optimizer/")))
+    if others:
+        raise _Refused(f"is not a cgru model file (unexpected entries {others[:5]})")
+    descr = {d for d in _ARRAY_DESCRS if np.dtype(d) == model.dtype}  # either byte order
+    for key, shape in expected.items():  # every header before any weight is allocated
+        stored_descr, stored_shape, _, _ = archive.header(key)
+        if stored_descr not in descr or stored_shape != shape:
+            have = (np.dtype(stored_descr).name if stored_descr in _ARRAY_DESCRS
+                    else f"dtype {stored_descr!r:.40} ")
+            raise _Refused(f"does not match its architecture: weight '{key}' is "
+                           f"{have}{stored_shape}, the architecture needs "
+                           f"{model.dtype.name}{shape}")
+    compiled = _compile_settings(description["compile"])
+    model.build((None,) + input_shape)
+    for layer in model.layers:
+        for name, target in layer.params.items():
+            key = f"weights/{layer.name}/{name}"
+            target[...] = archive.array(key, descr, expected[key])
+    try:
+        model.rng.bit_generator.state = description["rng_state"]
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise _invalid(f"rng_state: {_cause(e)}") from None
 
-    settings = description.get("compile")
-    if compile and settings:
-        model.compile(_optimizers.deserialize(settings["optimizer"]),
-                      _losses.deserialize(settings["loss"]), settings["metrics"])
-        if settings["optimizer_iterations"] is not None:
-            slots = {k[len("optimizer/"):]: v for k, v in arrays.items()
-                     if k.startswith("optimizer/")}
-            model.optimizer.set_state(slots, settings["optimizer_iterations"],
-                                      model.trainable_weights)
-    model.metadata = description.get("metadata", {})
+    slots = sorted(k for k in archive.members if k.startswith("optimizer/"))
+    if slots and (compiled is None or compiled[3] is None):
+        raise _Refused(f"is corrupted: it holds optimizer state ({slots[0]}, ...) but its "
+                       f"description has none")
+    if compiled is not None:
+        optimizer, loss, metrics, iterations = compiled
+        params = model.trainable_weights
+        state = {}
+        for key in slots:
+            slot, _, name = key[len("optimizer/"):].partition("/")
+            if slot not in optimizer.slot_names or name not in params:
+                raise _Refused(f"is corrupted: optimizer entry '{key}' does not belong to a "
+                               f"{type(optimizer).__name__} of this model")
+            state[key[len("optimizer/"):]] = archive.array(key, descr, params[name].shape)
+        if compile:
+            model.compile(optimizer, loss, metrics)
+            if iterations is not None:
+                optimizer.set_state(state, iterations, params)
+    model.metadata = description["metadata"]
     return model
 
 
+def _description(archive):
+    """The JSON description, size-checked, parsed strictly, its top level checked."""
+    descr, shape, _, _ = archive.header(_DESCRIPTION)
+    if not re.fullmatch(r"[<>]U[0-9]{1,9}", descr) or shape != ():
+        raise _Refused(f"is not a cgru model file (its '{_DESCRIPTION}' entry is "
+                       f"{descr!r}{shape}, not text)")
+    if int(descr[2:]) > _MAX_DESCRIPTION_CHARS:
+        raise _Refused(f"is not a cgru model file (its description declares {int(descr[2:]):,} "
+                       f"characters; cgru writes at most {_MAX_DESCRIPTION_CHARS:,})")
+    raw = archive.array(_DESCRIPTION, {descr})
+    try:
+        text = raw.item()
+        description = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError, UnicodeError) as e:
+        raise _invalid(f"not JSON ({e})") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        found = description.get("format") if isinstance(description, dict) else description
+        raise _Refused(f"is not a cgru model file (format {found!r:.80})")
+    version = description.get("format_version")
+    if version != FORMAT_VERSION or not _is_int(version):
+        raise _Refused(f"has format version {version!r:.40}; this cgru reads version "
+                       f"{FORMAT_VERSION}")
+    missing = sorted(_DESCRIPTION_KEYS - set(description))
+    unknown = sorted(set(description) - _DESCRIPTION_KEYS)
+    if missing or unknown:
+        raise _invalid(f"missing {missing}, unknown {unknown[:5]}")
+    d = description
+    if not isinstance(d["name"], str):
+        raise _invalid(f"name must be a string, got {d['name']!r:.80}")
+    if d["dtype"] not in ("float32", "float64"):
+        raise _invalid(f"dtype must be 'float32' or 'float64', got {d['dtype']!r:.80}")
+    shape = d["input_shape"]
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 8
+            and all(n is None or (_is_int(n) and 1 <= n <= _MAX_DIMENSION) for n in shape)
+            and shape[-1] is not None):
+        raise _invalid(f"input_shape must be a list of sizes in [1, {_MAX_DIMENSION}] (null for "
+                       f"any), the last one given, got {shape!r:.80}")
+    if not (isinstance(d["layers"], list) and d["layers"]):
+        raise _invalid(f"layers must be a non-empty list, got {d['layers']!r:.80}")
+    if not isinstance(d["metadata"], dict):
+        raise _invalid(f"metadata must be an object, got {d['metadata']!r:.80}")
+    state = d["rng_state"]
+    if not (isinstance(state, dict) and set(state) == {"bit_generator", "state", "has_uint32",
+                                                        "uinteger"}
+            and state["bit_generator"] == "PCG64" and isinstance(state["state"], dict)
+            and set(state["state"]) == {"state", "inc"}
+            and all(_is_int(v) and 0 <= v < 1 << 128 for v in state["state"].values())
+            and state["has_uint32"] in (0, 1) and _is_int(state["has_uint32"])
+            and _is_int(state["uinteger"]) and 0 <= state["uinteger"] < 1 << 32):
+        raise _invalid(f"rng_state is not a PCG64 state: {state!r:.100}")
+    return description
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = sorted(k for k, count in collections.Counter(keys).items() if count > 1)
+        raise ValueError(f"the key {repeated[0]!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _unbuilt_model(description):
+    """The Sequential the description declares, its layers created but not built (no weights)."""
+    model = Sequential(name=description["name"], dtype=description["dtype"])
+    for i, spec in enumerate(description["layers"]):
+        if not (isinstance(spec, dict) and set(spec) == {"class", "config"}):
+            raise _invalid(f"layer {i} must be {{'class': ..., 'config': ...}}, got {spec!r:.80}")
+        if not isinstance(spec["class"], str) or spec["class"] not in _layers.CLASSES:
+            raise _invalid(f"layer {i}: unknown class {spec['class']!r:.40} (cgru has "
+                           f"{', '.join(_layers.CLASSES)})")
+        try:
+            model.add(_layers.CLASSES[spec["class"]].from_config(spec["config"]))
+        except (ValueError, TypeError) as e:
+            raise _invalid(f"layer {i}: {e}") from None
+    return model
+
+
+def _declared_weights(model, input_shape):
+    """{'weights/layer/name': shape} the model's layers would create for input_shape."""
+    expected, shape = {}, input_shape
+    try:
+        for layer in model.layers:
+            for name, param in layer.param_shapes(shape).items():
+                expected[f"weights/{layer.name}/{name}"] = param
+            shape = layer.compute_output_shape(shape)
+    except (ValueError, TypeError) as e:
+        raise _invalid(str(e)) from None
+    return expected
+
+
+def _compile_settings(settings):
+    """(optimizer, loss, metrics, optimizer_iterations) from the description's compile entry,
+    or None; each rebuilt object must describe itself exactly as the file does."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict) or set(settings) != _COMPILE_KEYS:
+        raise _invalid(f"compile must be null or an object with {sorted(_COMPILE_KEYS)}, got "
+                       f"{settings!r:.100}")
+    optimizer = _rebuilt(settings["optimizer"], _optimizers, "optimizer")
+    loss = _rebuilt(settings["loss"], _losses, "loss")
+    metrics = settings["metrics"]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise _invalid(f"compile metrics must be a list of names, got {metrics!r:.80}")
+    try:
+        for m in metrics:
+            _metrics.get(m, loss)
+    except ValueError as e:
+        raise _invalid(f"compile metrics: {e}") from None
+    iterations = settings["optimizer_iterations"]
+    if iterations is not None and not (_is_int(iterations) and 0 <= iterations < 1 << 62):
+        raise _invalid(f"optimizer_iterations must be null or an integer >= 0, got "
+                       f"{iterations!r:.40}")
+    return optimizer, loss, metrics, iterations
+
+
+def _rebuilt(spec, module, what):
+    """An optimizer or loss from {'class': ..., 'config': ...}, refused unless it serialises
+    back to exactly `spec` (so no value was converted or left out)."""
+    if not (isinstance(spec, dict) and set(spec) == {"class", "config"}
+            and isinstance(spec["class"], str) and isinstance(spec["config"], dict)):
+        raise _invalid(f"{what} must be {{'class': ..., 'config': {{...}}}}, got {spec!r:.100}")
+    try:
+        obj = module.deserialize(spec)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _invalid(f"{what} {spec!r:.100}: {_cause(e)}") from None
+    if module.serialize(obj) != spec:
+        raise _invalid(f"{what} {spec!r:.100} is not what a cgru {what} writes")
+    return obj
+
+
 def _atomic_savez(path, arrays):
+    """np.savez into a temporary file beside `path`, flushed to disk, renamed over `path`, and
+    the directory flushed too. The temporary's name carries this host and process id, so that a
+    later save can tell the leftovers of a killed writer (see _remove_stale_temporaries)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cgru-save-", suffix=".tmp", dir=directory)
+    _remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{_host()}-{os.getpid()}-", suffix=".tmp",
+                               dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -507,6 +840,76 @@ def _atomic_savez(path, arrays):
         except OSError:
             pass
         raise
+    _fsync_directory(directory)
+
+
+_TMP_PREFIX = ".cgru-save-"
+_TMP_NAME = re.compile(r"\.cgru-save-(?:(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-)?"
+                       r"[A-Za-z0-9_]+\.tmp")
+STALE_AFTER_S = 24 * 3600    # untouched this long: dead, whoever wrote it
+QUIET_S = 600                # a dead writer's file is left alone until untouched this long
+
+
+def _host():
+    """This machine's name as it goes into temporary file names ([A-Za-z0-9._] only, so that
+    the pid after it stays readable)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_stale_temporaries(directory):
+    """Remove temporaries of earlier saves into `directory` that are provably dead: written on
+    this host by a process that no longer exists (and untouched for QUIET_S, in case that
+    writer lives in another pid namespace), or untouched for STALE_AFTER_S (a writer on another
+    host, or a name without a pid). Only regular files, never through symlinks; a failure to
+    remove one is ignored."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(_TMP_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        match = _TMP_NAME.fullmatch(name)
+        if match is None:
+            continue
+        full = os.path.join(directory, name)
+        try:
+            info = os.lstat(full)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            quiet = now - info.st_mtime
+            writer_gone = match["host"] == _host() and not _process_exists(int(match["pid"]))
+            if quiet > STALE_AFTER_S or (writer_gone and quiet > QUIET_S):
+                os.unlink(full)
+        except OSError:
+            continue
+
+
+def _process_exists(pid):
+    """True unless `pid` certainly names no running process (on POSIX: kill(pid, 0) says so;
+    elsewhere nothing is certain, so True)."""
+    if os.name != "posix" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _fsync_directory(directory):
+    """Flush the directory entry of the rename to disk, where the platform allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _shape_fits(declared, actual):
