@@ -1,13 +1,14 @@
 """`Sequential`: a Keras-style model of cgru layers, with compile / fit / predict / evaluate,
 and its file format (`save`, `load_model`).
 
-File format: a NumPy `.npz` archive read with `allow_pickle=False`, so loading runs no code. The
+File format: a NumPy `.npz` archive of uncompressed members (as `np.savez` writes them). The
 member `__cgru__` holds a JSON description (format version, layers and their configs, input
 shape, dtype, compile settings, optimizer step count, the model's random-generator state, user
 metadata); `weights/<layer>/<name>` hold parameters in the engine's layout and
-`optimizer/<slot>/<layer>/<name>` the optimizer's slots. Saving writes a temporary file in the
-same directory, flushes it to disk and renames it over the target, so a crash mid-save leaves
-the previous file intact.
+`optimizer/<slot>/<layer>/<name>` the optimizer's slots. Loading never unpickles and reads no
+member it has not checked (see the loading section). Saving writes a temporary file in the same
+directory, flushes it to disk, renames it over the target and flushes the directory, so a crash
+mid-save leaves the previous file intact; the next save removes what a killed writer left.
 """
 import ast
 import collections
@@ -428,9 +429,12 @@ class Sequential:
                 description["compile"]["optimizer_iterations"] = iterations
                 arrays.update({f"optimizer/{k}": v for k, v in slots.items()})
         try:
-            text = json.dumps(description)
+            text = json.dumps(description, allow_nan=False)
         except TypeError as e:
             raise TypeError(f"save: metadata must be JSON-serialisable ({e})") from None
+        except ValueError:
+            raise ValueError("save: the metadata or the compile settings hold NaN or infinity, "
+                             "which JSON cannot write") from None
         if len(text) > _MAX_DESCRIPTION_CHARS:
             raise ValueError(f"save: the model description takes {len(text):,} characters of "
                              f"JSON, more than the {_MAX_DESCRIPTION_CHARS:,} load_model reads; "
@@ -458,8 +462,10 @@ _DESCRIPTION_KEYS = {"format", "format_version", "name", "dtype", "input_shape",
 _COMPILE_KEYS = {"optimizer", "loss", "metrics", "optimizer_iterations"}
 
 
-class _Refused(ValueError):
-    """Why a file cannot be loaded, said after its name: 'is truncated or corrupted (...)'."""
+class _Refused(Exception):
+    """Why a file cannot be loaded, said after its name: 'is truncated or corrupted (...)'.
+    load_model turns it into a ValueError; not one itself, so that no handler of the ValueErrors
+    of zipfile or NumPy below catches it on the way."""
 
 
 def _invalid(cause):
@@ -645,7 +651,7 @@ def _read_model(archive, compile):
                     if k != _DESCRIPTION and not k.startswith(("weights/", "optimizer/")))
     if others:
         raise _Refused(f"is not a cgru model file (unexpected entries {others[:5]})")
-    descr = {d for d in _ARRAY_DESCRS if np.dtype(d) == model.dtype}  # either byte order
+    descr = {d for d in _ARRAY_DESCRS if np.dtype(d).type == model.dtype.type}  # either order
     for key, shape in expected.items():  # every header before any weight is allocated
         stored_descr, stored_shape, _, _ = archive.header(key)
         if stored_descr not in descr or stored_shape != shape:
@@ -696,10 +702,11 @@ def _description(archive):
     if int(descr[2:]) > _MAX_DESCRIPTION_CHARS:
         raise _Refused(f"is not a cgru model file (its description declares {int(descr[2:]):,} "
                        f"characters; cgru writes at most {_MAX_DESCRIPTION_CHARS:,})")
-    raw = archive.array(_DESCRIPTION, {descr})
-    try:
-        text = raw.item()
-        description = json.loads(text, object_pairs_hook=_unique_keys)
+    raw = archive.array(_DESCRIPTION, {descr}).tobytes()
+    try:  # NumPy pads the text with NULs; the codec refuses what is not a character
+        text = raw.decode("utf-32-le" if descr[0] == "<" else "utf-32-be").rstrip("\x00")
+        description = json.loads(text, object_pairs_hook=_unique_keys,
+                                  parse_constant=_no_constant)
     except (ValueError, RecursionError, UnicodeError) as e:
         raise _invalid(f"not JSON ({e})") from None
     if not isinstance(description, dict) or description.get("format") != FORMAT:
@@ -746,6 +753,10 @@ def _unique_keys(pairs):
         repeated = sorted(k for k, count in collections.Counter(keys).items() if count > 1)
         raise ValueError(f"the key {repeated[0]!r} appears twice in one object")
     return dict(pairs)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _unbuilt_model(description):

@@ -1,5 +1,12 @@
-"""Model files: exact round trips, resumed training, atomic writes and damaged files."""
+"""Model files: exact round trips, resumed training, atomic writes and damaged files (the
+crafted ones are in test_hostile_files.py)."""
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -159,3 +166,107 @@ def test_save_needs_json_metadata(tmp_path):
     with pytest.raises(TypeError, match="metadata must be JSON"):
         model.save(tmp_path / "m.npz", metadata={"x": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_save_needs_metadata_as_a_dict_of_finite_json_values(tmp_path):
+    model = make_model()
+    model.build((None, 9, 3))
+    with pytest.raises(TypeError, match="metadata must be a dict, got list"):
+        model.save(tmp_path / "m.npz", metadata=[1, 2])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.save(tmp_path / "m.npz", metadata={"scale": float("nan")})
+    with pytest.raises(ValueError, match="more than the 4,194,304 load_model reads"):
+        model.save(tmp_path / "m.npz", metadata={"notes": "x" * (1 << 22)})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("layer, input_shape", [
+    (layers.GRU(5, return_sequences=True), (7, 3)),
+    (layers.GRU(4, reset_after=False, use_bias=False), (None, 2)),
+    (layers.Bidirectional(layers.GRU(3), merge_mode="ave"), (6, 4)),
+    (layers.Dense(6), (None, 5)),
+    (layers.Dense(2, use_bias=False), (4,)),
+    (layers.Dropout(0.5), (3, 2)),
+])
+def test_param_shapes_are_the_shapes_build_creates(layer, input_shape):
+    declared = layer.param_shapes(input_shape)
+    layer.name = "layer"
+    layer.build(input_shape, np.random.default_rng(0), np.float32)
+    assert declared == {k: v.shape for k, v in layer.params.items()}
+
+
+# ---- temporaries of saves that died ---------------------------------------------------------------
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def leftover(directory, name, age_s):
+    path = directory / name
+    path.write_bytes(b"PK\x03\x04 half a model")
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_a_save_removes_the_temporaries_of_writers_that_are_provably_dead(tmp_path):
+    host, hour = models._host(), 3600
+    gone = [leftover(tmp_path, f".cgru-save-{host}-{dead_pid()}-abc123.tmp", hour),
+            leftover(tmp_path, ".cgru-save-abc123.tmp", 25 * hour),            # unnamed writer
+            leftover(tmp_path, ".cgru-save-otherhost-12-abc123.tmp", 25 * hour)]
+    kept = [leftover(tmp_path, f".cgru-save-{host}-{dead_pid()}-new123.tmp", 60),  # just written
+            leftover(tmp_path, f".cgru-save-{host}-{os.getpid()}-abc123.tmp", hour),  # alive
+            leftover(tmp_path, ".cgru-save-otherhost-12-abc124.tmp", hour),  # pid not ours to ask
+            leftover(tmp_path, ".cgru-save-abc124.tmp", hour),
+            leftover(tmp_path, ".cgru-save-notes.txt", 25 * hour),           # not our pattern
+            leftover(tmp_path, "model.npz", 25 * hour)]
+    link = tmp_path / f".cgru-save-{host}-{dead_pid()}-lnk123.tmp"
+    link.symlink_to(kept[-1])
+    model = make_model()
+    model.build((None, 9, 3))
+    model.save(tmp_path / "m.npz")
+    assert not [p for p in gone if p.exists()]
+    assert all(p.exists() for p in kept) and link.is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cgru-save-") and
+                p not in kept and p != link]
+
+
+def test_the_leftover_of_a_save_killed_with_sigkill_goes_at_the_next_save(tmp_path):
+    code = f"""
+import os, signal, cgru
+from cgru import models
+def die_midway(file, **arrays):
+    file.write(b"PK\\x03\\x04 half a zip")
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+models.np.savez = die_midway
+model = cgru.Sequential([cgru.layers.Input((4, 2)), cgru.layers.GRU(3)])
+model.save({str(tmp_path / "m.npz")!r})
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    stray = [p for p in tmp_path.iterdir() if p.name.startswith(".cgru-save-")]
+    assert len(stray) == 1 and f"-{models._host()}-" in stray[0].name
+    then = time.time() - models.QUIET_S - 60
+    os.utime(stray[0], (then, then))
+    model = make_model()
+    model.build((None, 9, 3))
+    model.save(tmp_path / "m.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_save_flushes_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(models.os, "fsync", fsync)
+    model = make_model()
+    model.build((None, 9, 3))
+    model.save(tmp_path / "m.npz")
+    assert synced == ["file", "directory"]
