@@ -44,7 +44,7 @@ def _training_options(parser, defaults):
     parser.add_argument("--horizon", type=_positive(int), default=d.horizon,
                         help=f"future values it forecasts (default {d.horizon})")
     parser.add_argument("--season", type=_positive(int), default=d.season,
-                        help="season length in steps, for the seasonal-naive baseline"
+                        help="season length in steps, for the seasonal baselines"
                              + (f" (default {d.season})" if d.season else ""))
     parser.add_argument("--units", type=_positive(int), default=d.units,
                         help=f"units of the first GRU layer; the second has half (default "
@@ -69,10 +69,12 @@ def _parser():
     demo = sub.add_parser("demo", help="train on the shipped weekly Mauna Loa CO2 series",
                           description="Train a GRU forecaster on the weekly Mauna Loa CO2 "
                           "series shipped with cgru (1958-2001), report test RMSE and MAE next "
-                          "to a seasonal-naive baseline, write the model and a plot.")
+                          "to naive, seasonal-naive and seasonal-naive-with-drift baselines, "
+                          "write the model and a plot.")
     _training_options(demo, DEMO)
     demo.add_argument("--output-dir", default=".", help="where co2_gru.npz and "
-                      "co2_forecast.png go (default: the current directory)")
+                      "co2_forecast.png go, created when missing (default: the current "
+                      "directory)")
 
     train = sub.add_parser("train", help="train a forecaster on a column of your CSV file",
                            description="Train a GRU forecaster on one column of a CSV file "
@@ -107,6 +109,30 @@ def _settings(args):
                              seed=args.seed)
 
 
+def _writable(path, what):
+    """Fail now (before any training) unless `path` can be written: not a directory, in an
+    existing directory this process may write in, and, when it exists, writable itself."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise forecast.ForecastError(f"{what} {path} is a directory")
+    if not os.path.isdir(directory):
+        raise forecast.ForecastError(f"{what} {path}: its directory does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK) or \
+            (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise forecast.ForecastError(f"{what} {path}: not writable")
+
+
+def _output_dir(path):
+    """--output-dir, created when missing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise forecast.ForecastError(f"--output-dir {path} is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise forecast.ForecastError(f"cannot create --output-dir {path}: {e.strerror}") from None
+    return path
+
+
 def _train(path, column, time_column, settings, model_path, plot_path, quiet, title):
     times, values = forecast.read_series(path, column, time_column)
     forecast.require_rows(values, path)
@@ -121,16 +147,7 @@ def _train(path, column, time_column, settings, model_path, plot_path, quiet, ti
     print(f"windows: {w['train']} train, {w['validation']} validation, {w['test']} test "
           f"(window {settings.window}, horizon {settings.horizon}); {report['epochs_run']} epochs, "
           f"best {report['best_epoch']}")
-    print(f"{'test, all horizons':<22}{'RMSE':>10}{'MAE':>10}")
-    print(f"{'GRU':<22}{report['test_rmse']:>10.4f}{report['test_mae']:>10.4f}")
-    print(f"{'naive (last value)':<22}{report['naive_rmse']:>10.4f}{report['naive_mae']:>10.4f}")
-    if "seasonal_rmse" in report:
-        print(f"{'seasonal-naive':<22}{report['seasonal_rmse']:>10.4f}"
-              f"{report['seasonal_mae']:>10.4f}")
-        better = report["test_rmse"] < report["seasonal_rmse"] and \
-            report["test_mae"] < report["seasonal_mae"]
-        print("the GRU beats the seasonal-naive baseline" if better else
-              "the GRU does NOT beat the seasonal-naive baseline")
+    print(_scores(report))
     metadata.update(column=column, time_column=time_column)
     model.save(model_path, metadata=metadata)
     print(f"model written to {model_path}")
@@ -141,9 +158,35 @@ def _train(path, column, time_column, settings, model_path, plot_path, quiet, ti
             print("plot skipped: matplotlib is not installed (pip install matplotlib)")
 
 
+def _scores(report):
+    """The table of test scores (GRU and baselines), then the strongest baseline and the GRU's
+    margin over it (how much lower, in percent of the baseline's, the GRU's errors are)."""
+    rows = [("GRU", report["test_rmse"], report["test_mae"])]
+    rows += [(name, b["rmse"], b["mae"]) for name, b in report["baselines"].items()]
+    lines = [f"{'test, all horizons':<26}{'RMSE':>10}{'MAE':>10}"]
+    lines += [f"{name:<26}{r:>10.4f}{m:>10.4f}" for name, r, m in rows]
+    name = report["strongest"]
+    best = report["baselines"][name]
+    rmse_margin = 100 * (1 - report["test_rmse"] / best["rmse"])
+    mae_margin = 100 * (1 - report["test_mae"] / best["mae"])
+    beats = rmse_margin > 0 and mae_margin > 0
+    lines.append(f"strongest baseline (lowest RMSE): {name}; the GRU "
+                 + ("beats it" if beats else "does NOT beat it") + ": RMSE "
+                 + _margin(rmse_margin) + ", MAE " + _margin(mae_margin))
+    return "\n".join(lines)
+
+
+def _margin(percent):
+    return f"{abs(percent):.1f}% {'lower' if percent >= 0 else 'higher'}"
+
+
 def _predict(args):
+    if args.output:
+        _writable(args.output, "--output")
     model = forecast.load_forecaster(args.model)
-    column = args.column or model.metadata.get("column")
+    column = args.column or model.metadata["column"]
+    if column is None:
+        raise forecast.ForecastError(f"{args.model} names no column; give --column")
     _, values = forecast.read_series(args.csv, column)
     forecast.require_rows(values, args.csv)
     future = forecast.forecast_next(model, forecast.fill_gaps(values))
@@ -188,13 +231,17 @@ def main(argv=None):
         elif args.command == "predict":
             _predict(args)
         elif args.command == "demo":
-            if not os.path.isdir(args.output_dir):
-                raise forecast.ForecastError(f"--output-dir {args.output_dir} is not a directory")
-            _train(forecast.DEMO_CSV, "co2", "date", _settings(args),
-                   os.path.join(args.output_dir, "co2_gru.npz"),
-                   os.path.join(args.output_dir, "co2_forecast.png"), args.quiet,
-                   "Weekly CO2 at Mauna Loa (ppm), test period")
+            directory = _output_dir(args.output_dir)
+            model_path = os.path.join(directory, "co2_gru.npz")
+            plot_path = os.path.join(directory, "co2_forecast.png")
+            _writable(model_path, "--output-dir")
+            _writable(plot_path, "--output-dir")
+            _train(forecast.DEMO_CSV, "co2", "date", _settings(args), model_path, plot_path,
+                   args.quiet, "Weekly CO2 at Mauna Loa (ppm), test period")
         else:
+            _writable(args.model, "--model")  # before training, not after
+            if args.plot:
+                _writable(args.plot, "--plot")
             _train(args.csv, args.column, args.time_column, _settings(args), args.model,
                    args.plot, args.quiet, f"{args.column}: test period")
     except forecast.ForecastError as e:

@@ -7,10 +7,13 @@ time into train, validation and test, and train a Sequential GRU forecaster with
 Each window is expressed relative to its last observed value and divided by one scale (the
 spread of horizon-step changes in the training part), so the model learns changes, not levels:
 a series with a trend keeps producing inputs the model has seen, even past the training range.
-Forecasts are scored on the original scale against two baselines: naive (the last value
-repeated) and, when a season length is known, seasonal-naive (the value one season earlier).
+Forecasts are scored on the original scale against the baselines a forecaster would try first:
+naive (the last value repeated) and, when a season length is known, seasonal-naive (the value
+one season earlier) and seasonal-naive with drift (that value plus the change over the season
+before it). The report names the strongest baseline and the GRU's margin over it.
 """
 import csv
+import math
 import os
 from dataclasses import dataclass
 
@@ -137,10 +140,35 @@ class Scaler:
 
 
 def seasonal_naive(series, ends, horizon, season):
-    """For windows ending at `ends`: the value one season (or whole seasons) before each target."""
+    """For windows ending at `ends`: the value one season (or whole seasons) before each target.
+
+    With t a window's last index and k = ceil(h / season) the whole seasons that reach back from
+    target t + h to an observed value, the forecast is y[t + h - k * season]."""
+    return series[_season_back(ends, horizon, season, 1)]
+
+
+def seasonal_naive_drift(series, ends, horizon, season):
+    """Seasonal-naive with drift: the value one season ago plus the change over the season
+    before it, y[t + h - s] + (y[t + h - s] - y[t + h - 2s]) for h <= s (s the season).
+
+    In general, with k = ceil(h / s) whole seasons back to an observed value b = t + h - k s,
+    the forecast is y[b] + k (y[b] - y[b - s]): the change of the last observed season goes on
+    for each season ahead. Needs two seasons before each window's end (t + 1 >= 2 s)."""
+    base = series[_season_back(ends, horizon, season, 1)]
+    before = series[_season_back(ends, horizon, season, 2)]
+    seasons = np.ceil(np.arange(1, horizon + 1) / season)
+    return base + seasons * (base - before)
+
+
+def _season_back(ends, horizon, season, extra):
+    """Indices t + h - (k + extra - 1) s for every end t (rows) and step h (columns), with
+    k = ceil(h / s)."""
     steps = np.arange(1, horizon + 1)
-    back = season * np.ceil(steps / season).astype(int)
-    return series[ends[:, None] + steps[None, :] - back[None, :]]
+    back = season * (np.ceil(steps / season).astype(int) + extra - 1)
+    index = ends[:, None] + steps[None, :] - back[None, :]
+    if index.min() < 0:
+        raise ForecastError(f"season {season} reaches back before the series starts")
+    return index
 
 
 def rmse(a, b):
@@ -200,27 +228,33 @@ def train_forecaster(series, settings, verbose=1):
         "windows": {"train": len(parts.train), "validation": len(parts.validation),
                     "test": len(test)},
         "test_rmse": rmse(forecast, truth), "test_mae": mae(forecast, truth),
-        "naive_rmse": rmse(inputs[test][:, -1:], truth),
-        "naive_mae": mae(inputs[test][:, -1:], truth),
         "test_ends": ends, "forecast": forecast, "truth": truth,
+        "baselines": baselines(series, ends, truth, s.horizon, s.season),
     }
-    if s.season:
-        if s.season > ends.min() + 1:
-            raise ForecastError(f"season {s.season} reaches back before the series starts")
-        baseline = seasonal_naive(series, ends, s.horizon, s.season)
-        report.update(seasonal_rmse=rmse(baseline, truth), seasonal_mae=mae(baseline, truth),
-                      seasonal=baseline)
+    report["strongest"] = min(report["baselines"],
+                              key=lambda name: report["baselines"][name]["rmse"])
     metadata = {"kind": "cgru.forecast", "window": s.window, "horizon": s.horizon,
                 "season": s.season, "scale": scaler.scale}
     return model, report, metadata
 
 
+def baselines(series, ends, truth, horizon, season=None):
+    """{name: {'forecast', 'rmse', 'mae'}} of the baselines for windows ending at `ends`:
+    naive, and with a season seasonal-naive and seasonal-naive with drift (the latter only
+    where two seasons of history precede every window's end)."""
+    found = {"naive (last value)": np.repeat(series[ends][:, None], horizon, axis=1)}
+    if season:
+        found["seasonal-naive"] = seasonal_naive(series, ends, horizon, season)
+        if 2 * season <= ends.min() + 1:
+            found["seasonal-naive + drift"] = seasonal_naive_drift(series, ends, horizon, season)
+    return {name: {"forecast": f, "rmse": rmse(f, truth), "mae": mae(f, truth)}
+            for name, f in found.items()}
+
+
 def forecast_next(model, series):
-    """The next `horizon` values after the end of a gap-free series, from a saved forecaster."""
-    meta = getattr(model, "metadata", {})
-    if meta.get("kind") != "cgru.forecast":
-        raise ForecastError("the model file was not written by `cgru train` or `cgru demo` (it "
-                            "has no forecasting settings)")
+    """The next `horizon` values after the end of a gap-free series, from a model that
+    load_forecaster returned."""
+    meta = model.metadata
     window = meta["window"]
     if len(series) < window:
         raise ForecastError(f"the model reads windows of {window} values; the series has "
@@ -230,46 +264,98 @@ def forecast_next(model, series):
     return scaler.forecasts(last, model.predict(scaler.inputs(last)))[0]
 
 
-def plot_forecast(path, report, settings, title, times=None):
-    """PNG of the test period: truth and forecasts `horizon` steps ahead, labelled with `times`
-    when given. False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def forecast_figure(report, settings, title, times=None):
+    """The test period as a matplotlib figure: the truth `horizon` steps after each test
+    window's end, the GRU's forecasts for those steps and the strongest baseline's, each
+    labelled with its RMSE over the plotted points (not the table's RMSE over all horizons);
+    x labelled with `times` when given."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     h = settings.horizon
     at = report["test_ends"] + h
+    truth = report["truth"][:, -1]
+    strongest = report["strongest"]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.plot(at, report["truth"][:, -1], color="black", lw=1.2, label="truth")
-    ax.plot(at, report["forecast"][:, -1], color="tab:blue", lw=1.2,
-            label=f"GRU, {h} steps ahead (RMSE {report['test_rmse']:.3g})")
-    if "seasonal" in report:
-        ax.plot(at, report["seasonal"][:, -1], color="tab:orange", lw=1, alpha=0.8,
-                label=f"seasonal-naive (RMSE {report['seasonal_rmse']:.3g})")
+    ax.plot(at, truth, color="black", lw=1.2, label="truth")
+    for name, values, style in [
+            ("GRU", report["forecast"][:, -1], dict(color="tab:blue", lw=1.2)),
+            (f"{strongest}, the strongest baseline",
+             report["baselines"][strongest]["forecast"][:, -1],
+             dict(color="tab:orange", lw=1, alpha=0.8))]:
+        ax.plot(at, values, label=f"{name} (RMSE {rmse(values, truth):.3f} at {h} "
+                                  f"step{'s' if h > 1 else ''})", **style)
     if times is not None:
         ticks = np.linspace(at[0], at[-1], 6).round().astype(int)
         ax.set_xticks(ticks, [times[i] for i in ticks])
     else:
         ax.set_xlabel("time step")
-    ax.set_title(title)
+    ax.set_title(f"{title}: forecasts {h} step{'s' if h > 1 else ''} ahead")
     ax.legend(loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def plot_forecast(path, report, settings, title, times=None):
+    """Write forecast_figure as a PNG at `path` (atomically). False without matplotlib."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig = forecast_figure(report, settings, title, times)
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return True
 
 
 def load_forecaster(path):
+    """A model written by `cgru train` or `cgru demo`, its forecasting settings checked: window,
+    horizon (integers >= 1, matching the model's input and output), season (null or an integer
+    >= 1), scale (a finite number > 0), column and time_column (null or text)."""
     try:
-        return load_model(path)
+        model = load_model(path)
     except FileNotFoundError:
         raise ForecastError(f"cannot read {path}: no such file") from None
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise ForecastError(str(e)) from None
+    meta = model.metadata
+    if meta.get("kind") != "cgru.forecast":
+        raise ForecastError(f"{path} was not written by `cgru train` or `cgru demo` (it has no "
+                            f"forecasting settings)")
+    checks = {
+        "window": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "horizon": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+        "season": ("null or an integer >= 1", lambda v: v is None or (_is_int(v) and v >= 1)),
+        "scale": ("a finite number > 0", lambda v: isinstance(v, (int, float))
+                  and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+        "column": ("null or text", lambda v: v is None or isinstance(v, str)),
+        "time_column": ("null or text", lambda v: v is None or isinstance(v, str)),
+    }
+    for key, (expected, check) in checks.items():
+        if key not in meta:
+            raise ForecastError(f"{path}: its forecasting settings lack '{key}'")
+        if not check(meta[key]):
+            raise ForecastError(f"{path}: forecasting setting '{key}' must be {expected}, got "
+                                f"{meta[key]!r:.40}")
+    shape = tuple(model.input_shape)
+    for layer in model.layers:
+        shape = layer.compute_output_shape(shape)
+    if tuple(model.input_shape) != (meta["window"], 1) or shape != (meta["horizon"],):
+        raise ForecastError(f"{path}: the model maps {tuple(model.input_shape)} to {shape}; its "
+                            f"forecasting settings need ({meta['window']}, 1) to "
+                            f"({meta['horizon']},)")
+    return model
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def require_rows(series, path):
