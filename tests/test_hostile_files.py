@@ -277,7 +277,8 @@ def test_a_header_length_beyond_the_entry(good):
 
 def test_a_weight_header_declaring_1_6_gb_in_a_small_entry(good):
     header = HEADER % "(400000000,)"
-    replace_member(good, "weights/dense/kernel.npy", raw_npy(header.ljust(117) + "\n", b"\0" * 20000))
+    replace_member(good, "weights/dense/kernel.npy",
+                   raw_npy(header.ljust(117) + "\n", b"\0" * 20000))
     tracemalloc.start()
     try:
         refused(good, "weight 'weights/dense/kernel'", "float32(400000000,)")

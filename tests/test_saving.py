@@ -195,7 +195,7 @@ def test_param_shapes_are_the_shapes_build_creates(layer, input_shape):
     assert declared == {k: v.shape for k, v in layer.params.items()}
 
 
-# ---- temporaries of saves that died ---------------------------------------------------------------
+# ---- temporaries of saves that died --------------------------------------------------------------
 
 def dead_pid():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
