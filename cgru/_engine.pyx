@@ -38,6 +38,12 @@ cdef extern from "cgru.h":
     int cgru_get_num_threads() nogil
     void cgru_set_num_threads(int) nogil
     void cgru_set_panels_mode(int) nogil
+    int cgru_cpus_available() nogil
+    int cgru_fork_serial() nogil
+    long cgru_stalls_seen() nogil
+    void cgru_reset_contention() nogil
+    void cgru_set_cpus_override(int) nogil
+    void cgru_set_solo_test(int) nogil
 
     ctypedef struct cgru_layer_config:
         int time_steps, batch, input_size, hidden_size
@@ -161,6 +167,23 @@ class _BlasThreads:
 _blas_threads = _BlasThreads()
 
 
+def _after_fork_in_child():
+    # calls that were running in the parent's other threads do not exist here
+    if _blas_threads.active and _blas_threads.set_fn is not None and \
+            _blas_threads.saved not in (None, 1):
+        _blas_threads.set_fn(_blas_threads.saved)
+    _blas_threads.active = 0
+    if cgru_fork_serial():
+        import warnings
+        warnings.warn("cgru: this process was forked from one whose OpenMP runtime could not be "
+                      "reset, so the engine runs on one thread here; start worker processes "
+                      "with the 'spawn' or 'forkserver' method to keep threads", RuntimeWarning)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def blas_threads_controlled():
     """True when cgru can hold SciPy's OpenBLAS to one thread inside its OpenMP regions."""
     return _blas_threads.controlled
@@ -178,6 +201,36 @@ def get_num_threads():
 
 def set_num_threads(int n):
     cgru_set_num_threads(n)
+
+
+def cpus_available():
+    """CPUs this process may use now (affinity mask, cgroup CPU quota)."""
+    return cgru_cpus_available()
+
+
+def fork_serial():
+    """True in a fork child whose OpenMP runtime could not be reset: the engine runs serially."""
+    return bool(cgru_fork_serial())
+
+
+def stalls_seen():
+    """Engine calls so far whose thread team stalled (a thread descheduled) and went on alone."""
+    return cgru_stalls_seen()
+
+
+def reset_contention():
+    """Forget recent stalls: the next call uses its full thread count again."""
+    cgru_reset_contention()
+
+
+def set_cpus_override(int cpus):
+    """Tests: pretend the process has `cpus` CPUs (0: the real count)."""
+    cgru_set_cpus_override(cpus)
+
+
+def set_solo_test(int barrier_pass):
+    """Tests: every thread team goes on with its last thread alone at this barrier pass (0: off)."""
+    cgru_set_solo_test(barrier_pass)
 
 
 def set_panels_mode(int mode):

@@ -1,34 +1,50 @@
 /*
- * The barrier that the threads of one parallel region pass at every time step.
+ * The barrier that the threads of one parallel region pass at every time step, and the way a
+ * team that stalls there goes on with one thread.
  *
  * libgomp's `#pragma omp barrier` ends in a futex wake system call on every pass, whether or not a
  * thread sleeps: measured on the 2-core development VM, 0.25-0.45 us per pass against 0.03-0.16 us
- * for this one (the range is where the hypervisor places the two cores). At B = 1 a time step's
- * work is about 1 us, so the system call was a fifth of it.
+ * for this one. At B = 1 a time step's work is about 1 us, so the system call was a fifth of it.
  *
- * A pass: every thread adds itself to `arrived`; the last one resets it and bumps `generation`,
- * which the others spin on. The last arriver's read-modify-write acquires every other thread's
- * release, and its release store of `generation` is what the waiters acquire, so everything any
- * thread wrote before the barrier is visible to every thread after it (as with the OpenMP one).
- * A waiter spins with a pause instruction and, after CGRU_BARRIER_SPINS rounds, yields its core
- * at each round, so that a thread descheduled on a crowded machine gets to run and arrive.
+ * A pass: every thread adds itself to `arrivals`; the last one resets it and publishes a new
+ * `release` word, which the others wait on. The last arriver's read-modify-write acquires every
+ * other thread's release, and its release store is what the waiters acquire, so everything any
+ * thread wrote before the barrier is visible to every thread after it.
  *
- * All threads of the region must call cgru_barrier_wait with the same team size, the number of
- * threads the region really has (omp_get_num_threads()).
+ * Waiting, measured against the waiter's own work since the previous pass (`work`):
+ *   1. spin with a pause instruction for `work` (kept within SPIN_MIN_NS..SPIN_MAX_NS): on a quiet
+ *      machine the others arrive within that;
+ *   2. then sleep on a futex, woken by the last arriver (which makes the system call only when
+ *      someone sleeps), so that a descheduled team-mate gets the core instead of a spinner;
+ *   3. when the wait passes STALL_FACTOR x work (at least STALL_MIN_NS), a team-mate has been
+ *      descheduled (other processes share the cores): the waiter asks to go on alone. The last
+ *      arriver (the late thread, when it finally comes) publishes the request with the release,
+ *      so every thread reads the same decision: the asker carries on with every slice of the work
+ *      as thread 0 of a team of 1, and the others leave the loop. One stall costs a call one
+ *      scheduler delay instead of one per step, and threads.c runs the next calls on one thread.
+ *
+ * All threads of a team must pass every barrier with the same member state (team size), as
+ * cgru_barrier_pass keeps it.
  */
 #ifndef CGRU_BARRIER_H
 #define CGRU_BARRIER_H
 
 #include <stdatomic.h>
+#include <stdint.h>
 
-#if defined(__unix__) || defined(__APPLE__)
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#define CGRU_HAVE_FUTEX 1
+#elif defined(__unix__) || defined(__APPLE__)
 #include <sched.h>
-#define CGRU_YIELD() sched_yield()
-#else
-#define CGRU_YIELD() ((void)0)
+#include <time.h>
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
 #define CGRU_PAUSE() __builtin_ia32_pause()
 #elif defined(__aarch64__)
 #define CGRU_PAUSE() __asm__ __volatile__("yield")
@@ -36,34 +52,150 @@
 #define CGRU_PAUSE() ((void)0)
 #endif
 
-/* Pause rounds before a waiter starts yielding: tens of microseconds, far above the spread
- * between threads of a balanced time step, far below a scheduler's time slice. */
-#define CGRU_BARRIER_SPINS 2048
+#define CGRU_SPIN_MIN_NS 20000.0
+#define CGRU_SPIN_MAX_NS 200000.0
+#define CGRU_STALL_MIN_NS 100000.0
+#define CGRU_STALL_FACTOR 4
+
+/* threads.c: ticks of cgru_ticks() per nanosecond, and the test hook below */
+extern double cgru_ticks_per_ns;
+extern int cgru_solo_test_pass;
+
+/* A cheap monotonic clock: the time-stamp counter on x86, nanoseconds elsewhere. */
+static inline uint64_t cgru_ticks(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return __rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+}
 
 typedef struct {
-    _Alignas(64) atomic_int arrived;
-    _Alignas(64) atomic_uint generation;
+    _Alignas(64) atomic_uint arrivals;  /* bits 0-15: threads arrived; 16-31: 1 + the asker */
+    _Alignas(64) atomic_uint release;   /* futex word: generation << 16 | 1 + the survivor, or 0 */
+    atomic_int sleepers;
+    atomic_int stalled;                 /* the team went on alone because a thread was late */
+    atomic_int passes;                  /* barriers passed, for the test hook */
 } cgru_barrier;
+
+/* One thread's view of its team, on its own stack: its number, the team size, and when it left
+ * the previous barrier. */
+typedef struct {
+    int me, team;
+    uint64_t left_at;
+} cgru_member;
 
 static inline void cgru_barrier_init(cgru_barrier *bar)
 {
-    atomic_init(&bar->arrived, 0);
-    atomic_init(&bar->generation, 0u);
+    atomic_init(&bar->arrivals, 0u);
+    atomic_init(&bar->release, 0u);
+    atomic_init(&bar->sleepers, 0);
+    atomic_init(&bar->stalled, 0);
+    atomic_init(&bar->passes, 0);
 }
 
-static inline void cgru_barrier_wait(cgru_barrier *bar, int team)
+static inline cgru_member cgru_member_of(int me, int team)
 {
-    if (team <= 1) return;
-    const unsigned now = atomic_load_explicit(&bar->generation, memory_order_relaxed);
-    if (atomic_fetch_add_explicit(&bar->arrived, 1, memory_order_acq_rel) == team - 1) {
-        atomic_store_explicit(&bar->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&bar->generation, now + 1u, memory_order_release);
-        return;
+    cgru_member m = {me, team, cgru_ticks()};
+    return m;
+}
+
+static inline void cgru_futex_wait(atomic_uint *word, unsigned expected, double timeout_ns)
+{
+#ifdef CGRU_HAVE_FUTEX
+    struct timespec ts;
+    if (timeout_ns < 1000) timeout_ns = 1000;
+    ts.tv_sec = (time_t)(timeout_ns / 1e9);
+    ts.tv_nsec = (long)(timeout_ns - (double)ts.tv_sec * 1e9);
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, expected, &ts, 0, 0);
+#elif defined(__unix__) || defined(__APPLE__)
+    (void)word; (void)expected; (void)timeout_ns;
+    sched_yield();
+#else
+    (void)word; (void)expected; (void)timeout_ns;
+#endif
+}
+
+static inline void cgru_futex_wake_all(atomic_uint *word)
+{
+#ifdef CGRU_HAVE_FUTEX
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, 0x7fffffff, 0, 0, 0);
+#else
+    (void)word;
+#endif
+}
+
+/* After a pass: 1 when this thread goes on (as the whole team's member, or alone as thread 0 of
+ * a team of 1), 0 when it leaves because the team goes on without it. */
+static inline int cgru_barrier_settle(cgru_member *m, unsigned word)
+{
+    m->left_at = cgru_ticks();
+    unsigned survivor = word & 0xFFFFu;
+    if (survivor == 0) return 1;
+    if (m->me != (int)survivor - 1) return 0;
+    m->me = 0;
+    m->team = 1;
+    return 1;
+}
+
+/* Ask, once, that the asker go on alone after this pass (see the top of this file). */
+static inline void cgru_barrier_ask(cgru_barrier *bar, int me)
+{
+    unsigned seen = atomic_load_explicit(&bar->arrivals, memory_order_relaxed);
+    while ((seen >> 16) == 0 &&
+           !atomic_compare_exchange_weak_explicit(&bar->arrivals, &seen,
+                                                  seen | ((unsigned)(me + 1) << 16),
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
+{
+    const int team = m->team;
+    if (team <= 1) return 1;
+    const uint64_t arrived_at = cgru_ticks();
+    const double work = (double)(arrived_at - m->left_at);
+    const unsigned before = atomic_load_explicit(&bar->release, memory_order_acquire);
+    const unsigned old = atomic_fetch_add_explicit(&bar->arrivals, 1u, memory_order_acq_rel);
+    if ((int)(old & 0xFFFFu) == team - 1) {
+        unsigned asker = old >> 16;
+        if (asker) atomic_store_explicit(&bar->stalled, 1, memory_order_relaxed);
+        int pass = atomic_fetch_add_explicit(&bar->passes, 1, memory_order_relaxed) + 1;
+        if (!asker && cgru_solo_test_pass && pass == cgru_solo_test_pass) asker = (unsigned)team;
+        atomic_store_explicit(&bar->arrivals, 0u, memory_order_relaxed);
+        const unsigned word = (((before >> 16) + 1u) << 16) | asker;
+        atomic_store_explicit(&bar->release, word, memory_order_seq_cst);
+        if (atomic_load_explicit(&bar->sleepers, memory_order_seq_cst) > 0)
+            cgru_futex_wake_all(&bar->release);
+        return cgru_barrier_settle(m, word);
     }
-    for (int round = 0; atomic_load_explicit(&bar->generation, memory_order_acquire) == now; round++) {
-        if (round < CGRU_BARRIER_SPINS) CGRU_PAUSE();
-        else CGRU_YIELD();
+    const double per_ns = cgru_ticks_per_ns;
+    double spin = work < CGRU_SPIN_MIN_NS * per_ns ? CGRU_SPIN_MIN_NS * per_ns : work;
+    if (spin > CGRU_SPIN_MAX_NS * per_ns) spin = CGRU_SPIN_MAX_NS * per_ns;
+    double stall = CGRU_STALL_FACTOR * work;
+    if (stall < CGRU_STALL_MIN_NS * per_ns) stall = CGRU_STALL_MIN_NS * per_ns;
+    int asked = 0;
+    unsigned now;
+    while ((now = atomic_load_explicit(&bar->release, memory_order_acquire)) == before) {
+        const double waited = (double)(cgru_ticks() - arrived_at);
+        if (waited < spin) {
+            CGRU_PAUSE();
+            continue;
+        }
+        if (!asked && waited >= stall) {
+            cgru_barrier_ask(bar, m->me);
+            asked = 1;
+        }
+        atomic_fetch_add_explicit(&bar->sleepers, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&bar->release, memory_order_seq_cst) == before)
+            cgru_futex_wait(&bar->release, before,
+                            asked ? 1e6 : (stall - waited) / per_ns);
+        atomic_fetch_sub_explicit(&bar->sleepers, 1, memory_order_relaxed);
     }
+    return cgru_barrier_settle(m, now);
 }
 
 #endif

@@ -6,6 +6,7 @@
 #define CGRU_BLAS_H
 
 #include "cgru.h"
+#include "threads.h"
 
 int cgru_blas_ready(void);
 

@@ -10,14 +10,14 @@
 void FN(cgru_gemm)(int trans_a, int trans_b, int M, int N, int K, REAL alpha, const REAL *A,
                    int lda, const REAL *B, int ldb, REAL beta, REAL *C, int ldc);
 
-/* The same product, with C cut into n_threads blocks of rows (or of columns when N > M), each
- * block computed by one OpenMP thread with a single-threaded BLAS call. No two threads write the
- * same element of C. Call it outside a parallel region. */
-void FN(cgru_gemm_split)(int n_threads, int trans_a, int trans_b, int M, int N, int K, REAL alpha,
+/* The same product, with C cut into plan.parts blocks of rows (or of columns when N > M), each
+ * block computed with a single-threaded BLAS call by one of plan.threads OpenMP threads. No two
+ * threads write the same element of C. Call it outside a parallel region. */
+void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N, int K, REAL alpha,
                          const REAL *A, int lda, const REAL *B, int ldb, REAL beta, REAL *C,
                          int ldc);
 
-/* out (N) += column sums of A (M, N) with row stride lda; columns split across threads. */
-void FN(cgru_colsum_add)(int n_threads, REAL *out, const REAL *A, int M, int N, int lda);
+/* out (N) += column sums of A (M, N) with row stride lda; columns cut into plan.parts blocks. */
+void FN(cgru_colsum_add)(cgru_plan plan, REAL *out, const REAL *A, int M, int N, int lda);
 
 #include "real_end.h"

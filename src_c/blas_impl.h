@@ -26,13 +26,13 @@ void FN(cgru_gemm)(int trans_a, int trans_b, int M, int N, int K, REAL alpha, co
     BLAS_GEMM(&tb, &ta, &N, &M, &K, &alpha, (REAL *)B, &ldb, (REAL *)A, &lda, &beta, C, &ldc);
 }
 
-void FN(cgru_gemm_split)(int n_threads, int trans_a, int trans_b, int M, int N, int K, REAL alpha,
+void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N, int K, REAL alpha,
                          const REAL *A, int lda, const REAL *B, int ldb, REAL beta, REAL *C,
                          int ldc)
 {
     int split_rows = M >= N;
     int extent = split_rows ? M : N;
-    int parts = n_threads;
+    int parts = plan.parts;
     if (parts > extent / ALIGN) parts = extent / ALIGN;
     if (parts <= 1) {
         FN(cgru_gemm)(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -40,7 +40,7 @@ void FN(cgru_gemm_split)(int n_threads, int trans_a, int trans_b, int M, int N, 
     }
     /* one block per iteration; schedule(static, 1) keeps the block-to-thread map fixed */
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#pragma omp parallel for num_threads(cgru_plan_threads(plan, parts)) schedule(static, 1)
 #endif
     for (int k = 0; k < parts; k++) {
         int lo = cgru_block_start(k, extent, parts, ALIGN);
@@ -60,13 +60,13 @@ void FN(cgru_gemm_split)(int n_threads, int trans_a, int trans_b, int M, int N, 
     }
 }
 
-void FN(cgru_colsum_add)(int n_threads, REAL *out, const REAL *A, int M, int N, int lda)
+void FN(cgru_colsum_add)(cgru_plan plan, REAL *out, const REAL *A, int M, int N, int lda)
 {
-    int parts = n_threads;
+    int parts = plan.parts;
     if (parts > N / ALIGN) parts = N / ALIGN;
     if (parts < 1) parts = 1;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#pragma omp parallel for num_threads(cgru_plan_threads(plan, parts)) schedule(static, 1)
 #endif
     for (int k = 0; k < parts; k++) {
         /* each thread owns columns [lo, hi) of out */

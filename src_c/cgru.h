@@ -42,9 +42,20 @@ void cgru_register_blas(cgru_sgemm_fn sgemm, cgru_dgemm_fn dgemm, cgru_sgemv_fn 
 /* ---- Threads (threads.c) --------------------------------------------------------------------- */
 
 int cgru_openmp_enabled(void);
-/* Threads an engine call uses: OMP_NUM_THREADS / omp_get_max_threads() until set. */
+/* Threads an engine call asks for: OMP_NUM_THREADS / omp_get_max_threads() until set. */
 int cgru_get_num_threads(void);
 void cgru_set_num_threads(int n_threads);
+/* CPUs this process may use now: its affinity mask, capped by its cgroup's CPU quota. */
+int cgru_cpus_available(void);
+/* 1 in a fork child whose OpenMP runtime could not be reset before the fork: one thread only. */
+int cgru_fork_serial(void);
+/* Stalled teams so far, and a reset of the back-off they cause (tests, benchmarks). */
+long cgru_stalls_seen(void);
+void cgru_reset_contention(void);
+/* Tests: pretend the process has `cpus` CPUs (0: the real count); make every team go on with its
+ * last thread alone at barrier pass `pass` (0: never). */
+void cgru_set_cpus_override(int cpus);
+void cgru_set_solo_test(int pass);
 
 /* ---- One layer, one direction (layer.c) ------------------------------------------------------ */
 

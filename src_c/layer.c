@@ -74,20 +74,23 @@ static void slice_packed_offsets(size_t *at, int H, int n_slices, int reset_afte
     }
 }
 
-/* The packed-weights region: the larger of forward's and backward's, for either dtype, and no
- * smaller than the (3H, H) copy the BLAS path packs. */
+/* The packed-weights region: the largest of forward's and backward's, for either dtype and any
+ * team size up to the configured threads, and no smaller than the (3H, H) copy the BLAS path
+ * packs. */
 static size_t packed_region(const cgru_layer_config *c)
 {
     size_t most = (size_t)3 * c->hidden_size * c->hidden_size;
     const int align[2] = {16, 8}, elem[2] = {sizeof(float), sizeof(double)};
+    /* a call may run on fewer threads than configured (threads.c): every team size fits */
     for (int d = 0; d < 2; d++) {
-        int n_slices = loop_slices(c->n_threads, c->hidden_size, align[d]);
-        size_t at[n_slices + 1];
-        for (int backward = 0; backward < 2; backward++) {
-            slice_packed_offsets(at, c->hidden_size, n_slices, c->reset_after, backward, align[d],
-                                 CGRU_PANEL_WIDTH(elem[d]));
-            if (at[n_slices] > most) most = at[n_slices];
-        }
+        int most_slices = loop_slices(c->n_threads, c->hidden_size, align[d]);
+        size_t at[most_slices + 1];
+        for (int n_slices = 1; n_slices <= most_slices; n_slices++)
+            for (int backward = 0; backward < 2; backward++) {
+                slice_packed_offsets(at, c->hidden_size, n_slices, c->reset_after, backward,
+                                     align[d], CGRU_PANEL_WIDTH(elem[d]));
+                if (at[n_slices] > most) most = at[n_slices];
+            }
     }
     return most;
 }

@@ -12,10 +12,11 @@ static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int
 /* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
  * (3H, H), from row 3*j0 on, so each thread's recurrent GEMM is one BLAS call on contiguous rows.
  * The BLAS path's layout; the panel path packs per slice inside the time loop's region. */
-static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices)
+static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices,
+                                       int n_threads)
 {
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(n_slices) schedule(static, 1)
+#pragma omp parallel for num_threads(n_threads) schedule(static, 1)
 #endif
     for (int k = 0; k < n_slices; k++) {
         int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
@@ -97,7 +98,8 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     saved = (REAL *)aligned_start(saved);
     scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
-    const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;
+    const int TB = T * B;
+    const cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
     const int training = cfg->training, reset_after = cfg->reset_after;
     layer_layout L = layout_of(cfg);
     REAL *states = saved + L.states;  /* (slots, B, H) */
@@ -111,15 +113,16 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
      *    inside r * (W_hn h + b_hn). */
     for (int g = 0; g < G; g++)
         bias[g] = b_ih ? b_ih[g] + ((g < 2 * H || !reset_after) ? b_hh[g] : 0) : 0;
-    FN(cgru_gemm_split)(p, 0, 1, TB, G, I, 1, x, I, w_ih, I, 0, gates, G);
+    FN(cgru_gemm_split)(plan, 0, 1, TB, G, I, 1, x, I, w_ih, I, 0, gates, G);
 
     /* 2. pack W_hh by slices: here for BLAS, inside the loop's region (each thread its own
      *    slices) for the panel product */
-    const int n_slices = loop_slices(p, H, ALIGN);
+    const int n_slices = loop_slices(plan.parts, H, ALIGN);
     const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, panel);
-    if (!panels) FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices);
+    if (!panels)
+        FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
 
@@ -132,7 +135,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     cgru_barrier step_barrier;
     cgru_barrier_init(&step_barrier);
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_slices)
+#pragma omp parallel num_threads(cgru_plan_threads(plan, n_slices))
 #endif
     {
 #ifdef _OPENMP
@@ -141,6 +144,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
         const int me = 0, team = 1;
 #endif
         if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 0, me, team);
+        cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? T - 1 - s : s;
             const REAL *h_prev = FN(state_slot)(states, cfg, s, t, 0);  /* (B, H) */
@@ -148,7 +152,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
             REAL *gx = gates + (long)t * B * G;                         /* (B, 3H) */
             REAL *y_t = y + (long)t * B * ldy;                          /* (B, ldy) */
             REAL *rh_or_hn = training ? extra + (long)t * B * H : extra;  /* (B, H) */
-            for (int k = me; k < n_slices; k += team) {
+            for (int k = m.me; k < n_slices; k += m.team) {
                 int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 int hs = j1 - j0;
                 if (hs <= 0) continue;
@@ -167,9 +171,9 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                     FN(gates_forward_rz)(gx, bias, gh_own, rh_or_hn, h_prev, training, B, H, j0, j1);
             }
             if (!reset_after) {
-                cgru_barrier_wait(&step_barrier, team);
+                if (!cgru_barrier_pass(&step_barrier, &m)) break;
                 /* every thread's r * h_prev is ready: n's GEMM reads all of it */
-                for (int k = me; k < n_slices; k += team) {
+                for (int k = m.me; k < n_slices; k += m.team) {
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                     int hs = j1 - j0;
                     if (hs <= 0) continue;
@@ -186,9 +190,10 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                                         B, H, j0, j1);
                 }
             }
-            cgru_barrier_wait(&step_barrier, team);
+            if (!cgru_barrier_pass(&step_barrier, &m)) break;
         }
     }
+    cgru_plan_end(plan, atomic_load(&step_barrier.stalled));
 
     const REAL *last = FN(state_slot)(states, cfg, T - 1, cfg->reverse ? 0 : T - 1, 1);
     memcpy(h_n, last, sizeof(REAL) * B * H);
@@ -208,7 +213,8 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     scratch = (REAL *)aligned_start(scratch);
     if (!cfg->training) return CGRU_ERR_BAD_DIMS;
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
-    const int TB = T * B, p = cfg->n_threads < 1 ? 1 : cfg->n_threads;
+    const int TB = T * B;
+    const cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
     const int reset_after = cfg->reset_after;
     layer_layout L = layout_of(cfg);
     REAL *states = saved + L.states;  /* (T+1, B, H) */
@@ -220,7 +226,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
 
     if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
     else memset(dh_a, 0, sizeof(REAL) * B * H);
-    const int n_slices = loop_slices(p, H, ALIGN);
+    const int n_slices = loop_slices(plan.parts, H, ALIGN);
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 1, ALIGN, panel);
 
@@ -228,7 +234,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     cgru_barrier step_barrier;
     cgru_barrier_init(&step_barrier);
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_slices)
+#pragma omp parallel num_threads(cgru_plan_threads(plan, n_slices))
 #endif
     {
 #ifdef _OPENMP
@@ -237,14 +243,16 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
         const int me = 0, team = 1;
 #endif
         if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 1, me, team);
+        cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
+        int on = 1;                                 /* 0 once the team goes on without this thread */
         REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */
-        for (int s = 0; s < T; s++) {
+        for (int s = 0; s < T && on; s++) {
             const int t = cfg->reverse ? s : T - 1 - s;
             const REAL *h_prev = states + (long)(t + cfg->reverse) * B * H;  /* (B, H) */
             REAL *g_t = gates + (long)t * B * G;                            /* (B, 3H) */
             REAL *e_t = extra + (long)t * B * H;                            /* (B, H) */
             const REAL *dy_t = dy ? dy + (long)t * B * ldy : 0;             /* (B, ldy) */
-            for (int k = me; k < n_slices; k += team) {
+            for (int k = m.me; k < n_slices; k += m.team) {
                 int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 if (j1 <= j0) continue;
                 if (reset_after)
@@ -254,10 +262,10 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                     FN(gates_backward_zn)(dh_prev, g_t, dh_next, dy_t, ldy, h_prev, lengths, t, B,
                                           H, j0, j1);
             }
-            cgru_barrier_wait(&step_barrier, team);
+            if (!(on = cgru_barrier_pass(&step_barrier, &m))) break;
             if (!reset_after) {
                 /* drh (B, H) = da_n (B, H) W_hn (H, H), then da_r; each thread its own columns */
-                for (int k = me; k < n_slices; k += team) {
+                for (int k = m.me; k < n_slices; k += m.team) {
                     int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                     if (j1 <= j0) continue;
                     if (panels) {
@@ -270,12 +278,12 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                     }
                     FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
                 }
-                cgru_barrier_wait(&step_barrier, team);
+                if (!(on = cgru_barrier_pass(&step_barrier, &m))) break;
             }
             /* dh_prev (B, own columns) += [da_r | da_z | dhn] (B, 3H) W_hh (3H, own columns);
              * reset_after=0 stops at 2H, its n part went through drh above */
             const int K = reset_after ? G : 2 * H;
-            for (int k = me; k < n_slices; k += team) {
+            for (int k = m.me; k < n_slices; k += m.team) {
                 int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 if (j1 <= j0) continue;
                 if (panels)
@@ -285,15 +293,15 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                 else
                     FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
             }
-            if (!reset_after) cgru_barrier_wait(&step_barrier, team);
+            if (!reset_after && !(on = cgru_barrier_pass(&step_barrier, &m))) break;
             /* reset_after=1 needs no second barrier: the next step's postgemm touches only this
              * thread's columns of dh and the next step's rows of gates */
             REAL *swap = dh_next;
             dh_next = dh_prev;
             dh_prev = swap;
         }
-        cgru_barrier_wait(&step_barrier, team);
-        if (me == 0) memcpy(dh0, dh_next, sizeof(REAL) * B * H);
+        if (on && cgru_barrier_pass(&step_barrier, &m) && m.me == 0)
+            memcpy(dh0, dh_next, sizeof(REAL) * B * H);
     }
 
     /* 2. weight, bias and input gradients: large GEMMs over all T*B rows */
@@ -302,31 +310,32 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     if (reset_after) {
         /* gates hold [da_r | da_z | dhn], extra holds da_n */
         /* dW_hh (3H, H) += gates^T (3H, TB) h_prev (TB, H) */
-        FN(cgru_gemm_split)(p, 1, 0, G, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
+        FN(cgru_gemm_split)(plan, 1, 0, G, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
         /* dW_ih[r, z] (2H, I) += gates[:, :2H]^T x;  dW_ih[n] (H, I) += da_n^T x */
-        FN(cgru_gemm_split)(p, 1, 0, 2 * H, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
-        FN(cgru_gemm_split)(p, 1, 0, H, I, TB, 1, extra, H, x, I, 1, dw_ih + 2L * H * I, I);
+        FN(cgru_gemm_split)(plan, 1, 0, 2 * H, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
+        FN(cgru_gemm_split)(plan, 1, 0, H, I, TB, 1, extra, H, x, I, 1, dw_ih + 2L * H * I, I);
         /* dx (TB, I) = gates[:, :2H] W_ih[r, z] + da_n W_ih[n] */
-        FN(cgru_gemm_split)(p, 0, 0, TB, I, 2 * H, 1, gates, G, w_ih, I, beta_dx, dx, I);
-        FN(cgru_gemm_split)(p, 0, 0, TB, I, H, 1, extra, H, w_ih + 2L * H * I, I, 1, dx, I);
+        FN(cgru_gemm_split)(plan, 0, 0, TB, I, 2 * H, 1, gates, G, w_ih, I, beta_dx, dx, I);
+        FN(cgru_gemm_split)(plan, 0, 0, TB, I, H, 1, extra, H, w_ih + 2L * H * I, I, 1, dx, I);
         if (db_ih) {
-            FN(cgru_colsum_add)(p, db_hh, gates, TB, G, G);
-            FN(cgru_colsum_add)(p, db_ih, gates, TB, 2 * H, G);
-            FN(cgru_colsum_add)(p, db_ih + 2 * H, extra, TB, H, H);
+            FN(cgru_colsum_add)(plan, db_hh, gates, TB, G, G);
+            FN(cgru_colsum_add)(plan, db_ih, gates, TB, 2 * H, G);
+            FN(cgru_colsum_add)(plan, db_ih + 2 * H, extra, TB, H, H);
         }
     } else {
         /* gates hold [da_r | da_z | da_n], extra holds r * h_prev */
-        FN(cgru_gemm_split)(p, 1, 0, G, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
-        FN(cgru_gemm_split)(p, 0, 0, TB, I, G, 1, gates, G, w_ih, I, beta_dx, dx, I);
+        FN(cgru_gemm_split)(plan, 1, 0, G, I, TB, 1, gates, G, x, I, 1, dw_ih, I);
+        FN(cgru_gemm_split)(plan, 0, 0, TB, I, G, 1, gates, G, w_ih, I, beta_dx, dx, I);
         /* dW_hh[r, z] += gates[:, :2H]^T h_prev;  dW_hh[n] += da_n^T (r * h_prev) */
-        FN(cgru_gemm_split)(p, 1, 0, 2 * H, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
-        FN(cgru_gemm_split)(p, 1, 0, H, H, TB, 1, gates + 2 * H, G, extra, H, 1,
+        FN(cgru_gemm_split)(plan, 1, 0, 2 * H, H, TB, 1, gates, G, h_prev_all, H, 1, dw_hh, H);
+        FN(cgru_gemm_split)(plan, 1, 0, H, H, TB, 1, gates + 2 * H, G, extra, H, 1,
                             dw_hh + 2L * H * H, H);
         if (db_ih) {
-            FN(cgru_colsum_add)(p, db_ih, gates, TB, G, G);
-            FN(cgru_colsum_add)(p, db_hh, gates, TB, G, G);
+            FN(cgru_colsum_add)(plan, db_ih, gates, TB, G, G);
+            FN(cgru_colsum_add)(plan, db_hh, gates, TB, G, G);
         }
     }
+    cgru_plan_end(plan, atomic_load(&step_barrier.stalled));
     return CGRU_OK;
 }
 

@@ -26,6 +26,7 @@ typedef struct {
  * barrier between layers when there is a team to wait for. */
 static void FN(step_layers)(const FN(step_work) *w, int me, int team)
 {
+    cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
     REAL *h_out = w->h_out;
     const REAL *x_in = w->x_in, *h_prev_all = w->h_prev_all;
     const REAL *const *w_ih = w->w_ih, *const *w_hh = w->w_hh;
@@ -40,7 +41,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
         REAL *h_new = h_out + (long)l * B * H;                        /* (B, H) */
         const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
         /* each thread its hidden units [j0, j1): their rows of r, z and n in both products */
-        for (int k = me; k < n_slices; k += team) {
+        for (int k = m.me; k < n_slices; k += m.team) {
             const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
             const int hs = j1 - j0;
             if (hs <= 0) continue;
@@ -68,9 +69,9 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 FN(gates_forward_rz)(gx, bias, gh_own, rh, h_prev, 0, B, H, j0, j1);
         }
         if (!reset_after) {
-            cgru_barrier_wait(w->barrier, team);
+            if (!cgru_barrier_pass(w->barrier, &m)) return;
             /* every thread's r * h_prev is ready: n's product reads all of it */
-            for (int k = me; k < n_slices; k += team) {
+            for (int k = m.me; k < n_slices; k += m.team) {
                 const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
                 const int hs = j1 - j0;
                 if (hs <= 0) continue;
@@ -82,7 +83,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
         }
         /* the next layer reads all of this layer's new state (after the last, the region's
          * end waits for every thread) */
-        if (l + 1 < L) cgru_barrier_wait(w->barrier, team);
+        if (l + 1 < L && !cgru_barrier_pass(w->barrier, &m)) return;
     }
 }
 
@@ -112,23 +113,25 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     /* threads share the step only on the hand-written products (BLAS must not be called from
      * several threads at once here: step() leaves its thread setting alone) */
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
-    const int n_slices = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK
-                             ? step_slices(n_threads, H, ALIGN) : 1;
+    const int shared = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK && n_threads > 1;
+    const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : (cgru_plan){1, 1};  /* threads.h */
+    const int n_slices = step_slices(plan.parts, H, ALIGN);
 
     cgru_barrier barrier;
     cgru_barrier_init(&barrier);
     const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, gx, gh, rh,
                                         y, b_hn, bias, &barrier, L, B, I0, H, reset_after, n_slices};
-    if (n_slices == 1) {
+    if (cgru_plan_threads(plan, n_slices) == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
     } else {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(n_slices)
+#pragma omp parallel num_threads(cgru_plan_threads(plan, n_slices))
         FN(step_layers)(&work_of_step, omp_get_thread_num(), omp_get_num_threads());
 #else
         FN(step_layers)(&work_of_step, 0, 1);
 #endif
     }
+    if (shared) cgru_plan_end(plan, atomic_load(&barrier.stalled));
     if (scratch != on_stack) free(scratch);
     return CGRU_OK;
 }

@@ -1,10 +1,41 @@
 /*
- * Thread count of the engine. OpenMP owns the cores: every parallel region of cgru runs with
- * cgru_get_num_threads() threads, and BLAS is called single-threaded inside them (the Cython
- * layer caps SciPy's OpenBLAS at one thread while an engine call runs).
+ * How many threads an engine call gets, and what happens to them across fork.
+ *
+ * OpenMP owns the cores: every parallel region of cgru runs with the count an engine call
+ * reserved here, and BLAS is called single-threaded inside them (the Cython layer caps SciPy's
+ * OpenBLAS at one thread while an engine call runs).
+ *
+ * A call asks for cgru_get_num_threads() and gets fewer when
+ *   - the process may use fewer CPUs (its affinity mask, its cgroup's CPU quota): more threads
+ *     than CPUs only makes every per-step barrier wait for a descheduled thread;
+ *   - other engine calls (other Python threads) already hold the available CPUs: each call then
+ *     gets what is left, at least one thread;
+ *   - a recent call's team stalled at a barrier (barrier.h: a thread was descheduled because other
+ *     processes share the cores): calls run on one thread for a back-off period that doubles
+ *     while stalls repeat (up to CALM_MAX_NS) and is probed again after it.
+ *
+ * fork: GNU OpenMP keeps a pool of worker threads per thread that opened a parallel region, and a
+ * child made by fork() inherits the pool's bookkeeping but not its threads, so its first
+ * parallel region waits for ever. Before a fork, the forking thread's pool is released
+ * (omp_pause_resource_all, OpenMP 5.0); the parent rebuilds it on its next region (a few tens of
+ * microseconds) and the child builds its own. Where the runtime cannot release it, the child runs
+ * the engine on one thread (cgru_fork_serial() tells the Python layer, which warns once).
  */
-#include "cgru.h"
+#define _GNU_SOURCE
+#include <stdatomic.h>
+#include <stdio.h>
+#include <time.h>
 
+#include "barrier.h"
+#include "threads.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#include <unistd.h>
+#endif
+#ifdef __linux__
+#include <sched.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -23,6 +54,7 @@ int cgru_openmp_enabled(void)
 int cgru_get_num_threads(void)
 {
 #ifdef _OPENMP
+    if (cgru_fork_serial()) return 1;
     return engine_threads > 0 ? engine_threads : omp_get_max_threads();
 #else
     return 1;
@@ -33,3 +65,189 @@ void cgru_set_num_threads(int n_threads)
 {
     engine_threads = n_threads > 0 ? n_threads : 0;
 }
+
+/* ---- clock ------------------------------------------------------------------------------------ */
+
+double cgru_ticks_per_ns = 1.0;
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Ticks per nanosecond of cgru_ticks(), measured once over a fifth of a millisecond. */
+static void calibrate_ticks(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    uint64_t t0 = monotonic_ns(), k0 = cgru_ticks(), t1;
+    do t1 = monotonic_ns(); while (t1 - t0 < 200000);
+    uint64_t k1 = cgru_ticks();
+    double ratio = (double)(k1 - k0) / (double)(t1 - t0);
+    cgru_ticks_per_ns = ratio > 0.05 && ratio < 100 ? ratio : 1.0;
+#endif
+}
+
+/* ---- CPUs available ------------------------------------------------------------------------- */
+
+static int cgroup_cpus = 0;        /* CPUs the cgroup's quota allows, 0 when unlimited */
+static int cpus_override = 0;      /* tests: pretend this many CPUs (0: the real count) */
+static _Atomic int cached_cpus = 0;
+static _Atomic uint64_t cached_at = 0;
+
+#define CPUS_REFRESH_NS 100000000u  /* affinity is read again after 100 ms */
+
+/* ceil(quota / period) from cgroup v2's cpu.max ("max 100000" or "150000 100000") or v1's
+ * cpu.cfs_quota_us and cpu.cfs_period_us; 0 when there is no limit or no cgroup file. */
+static int read_cgroup_cpus(void)
+{
+#ifdef __linux__
+    long quota = -1, period = 0;
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f) {
+        char first[32] = {0};
+        if (fscanf(f, "%31s %ld", first, &period) == 2 && first[0] != 'm')
+            sscanf(first, "%ld", &quota);
+        fclose(f);
+    } else {
+        f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r");
+        if (f) {
+            if (fscanf(f, "%ld", &quota) != 1) quota = -1;
+            fclose(f);
+        }
+        f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r");
+        if (f) {
+            if (fscanf(f, "%ld", &period) != 1) period = 0;
+            fclose(f);
+        }
+    }
+    if (quota > 0 && period > 0) return (int)((quota + period - 1) / period);
+#endif
+    return 0;
+}
+
+int cgru_cpus_available(void)
+{
+    if (cpus_override > 0) return cpus_override;
+    uint64_t now = monotonic_ns();
+    int cpus = atomic_load_explicit(&cached_cpus, memory_order_relaxed);
+    if (cpus > 0 && now - atomic_load_explicit(&cached_at, memory_order_relaxed) < CPUS_REFRESH_NS)
+        return cpus;
+    cpus = 0;
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+    if (cpus <= 0) cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    if (cpus <= 0) cpus = 1;
+    if (cgroup_cpus > 0 && cgroup_cpus < cpus) cpus = cgroup_cpus;
+    atomic_store_explicit(&cached_cpus, cpus, memory_order_relaxed);
+    atomic_store_explicit(&cached_at, now, memory_order_relaxed);
+    return cpus;
+}
+
+void cgru_set_cpus_override(int cpus) { cpus_override = cpus > 0 ? cpus : 0; }
+
+/* ---- reservations ---------------------------------------------------------------------------- */
+
+#define CALM_MIN_NS 50000000u     /* first back-off after a stall: 50 ms */
+#define CALM_MAX_NS 1000000000u   /* longest back-off: 1 s */
+
+static _Atomic int threads_in_use = 0;       /* threads held by engine calls now running */
+static _Atomic uint64_t calm_until = 0;      /* before this time, calls run on one thread */
+static _Atomic uint64_t calm_period = CALM_MIN_NS;
+static _Atomic long stalls_seen = 0;
+
+/* Threads for a call cut into `parts`: fewer while recent calls stalled, or while other calls
+ * hold the CPUs (then what they leave, at least one). */
+static int threads_begin(int parts)
+{
+    int want = parts;
+    if (want > 1 && monotonic_ns() < atomic_load_explicit(&calm_until, memory_order_relaxed))
+        want = 1;
+    int before = atomic_fetch_add_explicit(&threads_in_use, want, memory_order_relaxed);
+    if (want > 1 && before > 0) {
+        int left = cgru_cpus_available() - before;
+        int got = left < 1 ? 1 : (left < want ? left : want);
+        atomic_fetch_sub_explicit(&threads_in_use, want - got, memory_order_relaxed);
+        want = got;
+    }
+    return want;
+}
+
+static void threads_end(int got, int stalled)
+{
+    atomic_fetch_sub_explicit(&threads_in_use, got, memory_order_relaxed);
+    if (stalled) {
+        uint64_t period = atomic_load_explicit(&calm_period, memory_order_relaxed);
+        atomic_store_explicit(&calm_until, monotonic_ns() + period, memory_order_relaxed);
+        atomic_store_explicit(&calm_period, period * 2 < CALM_MAX_NS ? period * 2 : CALM_MAX_NS,
+                              memory_order_relaxed);
+        atomic_fetch_add_explicit(&stalls_seen, 1, memory_order_relaxed);
+    } else if (got > 1) {
+        atomic_store_explicit(&calm_period, CALM_MIN_NS, memory_order_relaxed);
+    }
+}
+
+cgru_plan cgru_plan_begin(int n_threads)
+{
+    cgru_plan plan;
+    int cpus = cgru_cpus_available();
+    plan.parts = n_threads < 1 ? 1 : (n_threads < cpus ? n_threads : cpus);
+    if (cgru_fork_serial()) plan.parts = 1;
+    plan.threads = threads_begin(plan.parts);
+    return plan;
+}
+
+void cgru_plan_end(cgru_plan plan, int stalled) { threads_end(plan.threads, stalled); }
+
+long cgru_stalls_seen(void) { return atomic_load_explicit(&stalls_seen, memory_order_relaxed); }
+
+void cgru_reset_contention(void)
+{
+    atomic_store_explicit(&calm_until, 0, memory_order_relaxed);
+    atomic_store_explicit(&calm_period, CALM_MIN_NS, memory_order_relaxed);
+}
+
+/* ---- fork ----------------------------------------------------------------------------------- */
+
+static int pool_released_for_fork = 1;
+static int fork_serial = 0;
+
+int cgru_fork_serial(void) { return fork_serial; }
+
+#if defined(__unix__) || defined(__APPLE__)
+static void before_fork(void)
+{
+#if defined(_OPENMP) && _OPENMP >= 201811
+    pool_released_for_fork = omp_pause_resource_all(omp_pause_hard) == 0;
+#elif defined(_OPENMP)
+    pool_released_for_fork = 0;
+#endif
+}
+
+static void in_child(void)
+{
+    if (!pool_released_for_fork) fork_serial = 1;
+    /* the parent's running calls do not exist here */
+    atomic_store_explicit(&threads_in_use, 0, memory_order_relaxed);
+}
+#endif
+
+/* ---- once, when the library loads ------------------------------------------------------------ */
+
+int cgru_solo_test_pass = 0;
+
+__attribute__((constructor)) static void threads_init(void)
+{
+    calibrate_ticks();
+    cgroup_cpus = read_cgroup_cpus();
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(before_fork, 0, in_child);
+#endif
+}
+
+void cgru_set_solo_test(int pass) { cgru_solo_test_pass = pass > 0 ? pass : 0; }

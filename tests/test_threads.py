@@ -1,10 +1,21 @@
 """Thread control, determinism, and concurrent use from Python threads."""
+import os
 import threading
 
 import numpy as np
 import pytest
 
 import cgru
+
+
+@pytest.fixture
+def cpus(request):
+    """Pretend the process has this many CPUs, so that teams larger than the machine's run."""
+    def pretend(n):
+        cgru._engine.set_cpus_override(n)
+    yield pretend
+    cgru._engine.set_cpus_override(0)
+    cgru._engine.set_solo_test(0)
 
 
 def _train_step(gru, x):
@@ -27,9 +38,11 @@ def test_one_and_two_threads_agree_within_tolerance(reset_after):
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_more_threads_than_cores_still_agree_with_one_thread(reset_after):
-    # six threads on this project's two-core machines: the per-step barrier's waiters must give
-    # way to descheduled threads, and every step still sees all threads' work
+def test_more_threads_than_cores_still_agree_with_one_thread(cpus, reset_after):
+    # six threads on this project's two-core machines (a call runs no more threads than CPUs, so
+    # the test pretends there are six): the per-step barrier's waiters must give way to
+    # descheduled threads, and every step still sees all threads' work
+    cpus(6)
     gru = cgru.GRU(24, 100, num_layers=3, reset_after=reset_after, dtype=np.float64, seed=1)
     x = np.random.default_rng(1).standard_normal((30, 2, 24))
     cgru.set_num_threads(1)
@@ -96,3 +109,67 @@ def test_the_engine_reports_its_openmp_build():
     info = cgru.info()
     assert isinstance(info["openmp"], bool)
     assert info["threads"] == cgru.get_num_threads()
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("barrier_pass", [1, 2, 3, 7, 40])
+def test_a_team_that_goes_on_alone_mid_call_gives_bitwise_the_same_results(cpus, reset_after,
+                                                                          barrier_pass):
+    # when a thread is descheduled, its team-mates go on without it from the next barrier on
+    # (barrier.h); the work is cut the same way, so nothing about the result may change
+    cpus(2)
+    cgru.set_num_threads(2)
+    gru = cgru.GRU(20, 96, num_layers=2, bidirectional=True, reset_after=reset_after,
+                   dtype=np.float64, seed=3)
+    x = np.random.default_rng(3).standard_normal((25, 3, 20))
+    stepper = cgru.GRU(20, 256, num_layers=3, reset_after=reset_after, dtype=np.float64, seed=4)
+    h = np.zeros((3, 1, 256))
+
+    cgru._engine.reset_contention()
+    whole = _train_step(gru, x) + [stepper.step(x[0, :1], h)]
+    cgru._engine.set_solo_test(barrier_pass)
+    cgru._engine.reset_contention()
+    alone = _train_step(gru, x) + [stepper.step(x[0, :1], h)]
+    for a, b in zip(whole, alone):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_do_not_depend_on_how_many_threads_contention_left(cpus):
+    # the cut of the work follows set_num_threads; a busy machine only lowers the threads that
+    # run it, as several Python threads calling at once do
+    cpus(2)
+    cgru.set_num_threads(2)
+    gru = cgru.GRU(24, 67, num_layers=2, reset_after=False, seed=5)
+    x = np.random.default_rng(5).standard_normal((15, 9, 24)).astype(np.float32)
+    alone = _train_step(gru, x)
+    results = [None] * 4
+
+    def worker(i):
+        results[i] = _train_step(cgru.GRU(24, 67, num_layers=2, reset_after=False, seed=5), x)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in results:
+        for a, b in zip(alone, got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_no_more_threads_than_cpus_run_a_call():
+    script = (
+        "import os, numpy as np, cgru\n"
+        "cgru.set_num_threads(16)\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "g = cgru.GRU(16, 256).eval()\n"
+        "g(np.zeros((5, 64, 16), np.float32))\n"
+        "print(len(os.listdir('/proc/self/task')) - before, cgru._engine.cpus_available())\n")
+    import subprocess
+    import sys
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    added, cpus = int(out[0]), int(out[1])
+    assert added <= cpus - 1  # the calling thread is one of the team

@@ -1,0 +1,93 @@
+"""Children of a process that used cgru's threads work, with threads, under every start method.
+
+Each scenario runs in a fresh interpreter with a time limit, so that a hang fails the test instead
+of blocking the suite.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+import cgru
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+TIME_LIMIT_S = 120
+
+PRELUDE = textwrap.dedent("""
+    import os, sys, multiprocessing as mp
+    import numpy as np
+    import cgru
+    cgru.set_num_threads(2)
+    gru = cgru.GRU(16, 64, num_layers=2).eval()
+    x = np.random.default_rng(0).standard_normal((50, 8, 16)).astype(np.float32)
+    expected, _ = gru(x)          # the parent's OpenMP threads now exist
+
+    def score(seed):
+        y, _ = gru(x)
+        return float(np.abs(y - expected).max()), len(os.listdir("/proc/self/task"))
+""")
+
+
+def _run(body):
+    """Run PRELUDE + body as a script file (spawn and forkserver children import it afresh)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "scenario.py")
+        with open(path, "w") as f:
+            f.write(PRELUDE + textwrap.dedent(body))
+        done = subprocess.run([sys.executable, path], capture_output=True, text=True,
+                              timeout=TIME_LIMIT_S, cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_os_fork_child_runs_threaded_forward_and_backward():
+    out = _run("""
+        pid = os.fork()
+        if pid == 0:
+            cgru.set_num_threads(2)
+            diff, threads = score(0)
+            gru.train()
+            y, h = gru(x)
+            gru.backward(np.ones_like(y))
+            print("child", diff, threads, flush=True)
+            os._exit(0 if diff == 0.0 else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print("parent", score(0)[0])
+    """)
+    child = next(line.split() for line in out.splitlines() if line.startswith("child"))
+    assert float(child[1]) == 0.0
+    if cgru._engine.cpus_available() >= 2 and cgru._engine.openmp_enabled():
+        assert int(child[2]) >= 2, "the child ran its forward on one thread"
+    assert "parent 0.0" in out
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_pool_children_score_with_a_model_the_parent_already_ran(method):
+    out = _run(f"""
+        if __name__ == "__main__":
+            with mp.get_context("{method}").Pool(2) as pool:
+                results = pool.map(score, range(4))
+            print("max difference", max(d for d, _ in results))
+    """)
+    assert "max difference 0.0" in out
+
+
+def test_grandchild_of_a_fork_child_still_works():
+    out = _run("""
+        pid = os.fork()
+        if pid == 0:
+            score(0)
+            inner = os.fork()
+            if inner == 0:
+                os._exit(0 if score(1)[0] == 0.0 else 3)
+            _, status = os.waitpid(inner, 0)
+            os._exit(os.waitstatus_to_exitcode(status))
+        _, status = os.waitpid(pid, 0)
+        print("exit", os.waitstatus_to_exitcode(status))
+    """)
+    assert "exit 0" in out
