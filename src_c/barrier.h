@@ -12,16 +12,20 @@
  * thread wrote before the barrier is visible to every thread after it.
  *
  * Waiting, measured against the waiter's own work since the previous pass (`work`):
- *   1. spin with a pause instruction for `work` (kept within SPIN_MIN_NS..SPIN_MAX_NS): on a quiet
- *      machine the others arrive within that;
- *   2. then sleep on a futex, woken by the last arriver (which makes the system call only when
- *      someone sleeps), so that a descheduled team-mate gets the core instead of a spinner;
- *   3. when the wait passes STALL_FACTOR x work (at least STALL_MIN_NS), a team-mate has been
+ *   1. spin with a pause instruction: on a quiet machine the others arrive within a fraction of
+ *      `work`. A waiter does not sleep here: on a core that another process keeps busy, a thread
+ *      woken from a futex waits for that process's time slice to end (milliseconds), and would
+ *      pay that at every step.
+ *   2. when the wait passes STALL_FACTOR x work (at least STALL_MIN_NS), a team-mate has been
  *      descheduled (other processes share the cores): the waiter asks to go on alone. The last
  *      arriver (the late thread, when it finally comes) publishes the request with the release,
  *      so every thread reads the same decision: the asker carries on with every slice of the work
  *      as thread 0 of a team of 1, and the others leave the loop. One stall costs a call one
- *      scheduler delay instead of one per step, and threads.c runs the next calls on one thread.
+ *      scheduler delay instead of one per step, and threads.c runs the next calls on one thread
+ *      when stalls repeat.
+ *   3. an asker spins on for up to SPIN_AFTER_ASK_NS, to be running when the late thread
+ *      arrives, then sleeps on a futex in short naps (the last arriver wakes sleepers, making the
+ *      system call only when someone sleeps).
  *
  * All threads of a team must pass every barrier with the same member state (team size), as
  * cgru_barrier_pass keeps it.
@@ -52,10 +56,10 @@
 #define CGRU_PAUSE() ((void)0)
 #endif
 
-#define CGRU_SPIN_MIN_NS 20000.0
-#define CGRU_SPIN_MAX_NS 200000.0
-#define CGRU_STALL_MIN_NS 100000.0
-#define CGRU_STALL_FACTOR 4
+#define CGRU_STALL_MIN_NS 30000.0
+#define CGRU_STALL_FACTOR 3
+#define CGRU_SPIN_AFTER_ASK_NS 2000000.0
+#define CGRU_NAP_NS 500000.0
 
 /* threads.c: ticks of cgru_ticks() per nanosecond, and the test hook below */
 extern double cgru_ticks_per_ns;
@@ -173,26 +177,28 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
         return cgru_barrier_settle(m, word);
     }
     const double per_ns = cgru_ticks_per_ns;
-    double spin = work < CGRU_SPIN_MIN_NS * per_ns ? CGRU_SPIN_MIN_NS * per_ns : work;
-    if (spin > CGRU_SPIN_MAX_NS * per_ns) spin = CGRU_SPIN_MAX_NS * per_ns;
     double stall = CGRU_STALL_FACTOR * work;
     if (stall < CGRU_STALL_MIN_NS * per_ns) stall = CGRU_STALL_MIN_NS * per_ns;
+    const double nap_from = stall + CGRU_SPIN_AFTER_ASK_NS * per_ns;
     int asked = 0;
     unsigned now;
     while ((now = atomic_load_explicit(&bar->release, memory_order_acquire)) == before) {
         const double waited = (double)(cgru_ticks() - arrived_at);
-        if (waited < spin) {
+        if (waited < stall) {
             CGRU_PAUSE();
             continue;
         }
-        if (!asked && waited >= stall) {
+        if (!asked) {
             cgru_barrier_ask(bar, m->me);
             asked = 1;
         }
+        if (waited < nap_from) {
+            CGRU_PAUSE();
+            continue;
+        }
         atomic_fetch_add_explicit(&bar->sleepers, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&bar->release, memory_order_seq_cst) == before)
-            cgru_futex_wait(&bar->release, before,
-                            asked ? 1e6 : (stall - waited) / per_ns);
+            cgru_futex_wait(&bar->release, before, CGRU_NAP_NS);
         atomic_fetch_sub_explicit(&bar->sleepers, 1, memory_order_relaxed);
     }
     return cgru_barrier_settle(m, now);

@@ -10,9 +10,10 @@
  *     than CPUs only makes every per-step barrier wait for a descheduled thread;
  *   - other engine calls (other Python threads) already hold the available CPUs: each call then
  *     gets what is left, at least one thread;
- *   - a recent call's team stalled at a barrier (barrier.h: a thread was descheduled because other
- *     processes share the cores): calls run on one thread for a back-off period that doubles
- *     while stalls repeat (up to CALM_MAX_NS) and is probed again after it.
+ *   - recent calls' teams stalled at a barrier (barrier.h: a thread was descheduled because other
+ *     processes share the cores), two calls in a row: calls run on one thread for a back-off
+ *     period that doubles while stalls repeat (up to CALM_MAX_NS) and is probed again after it.
+ *     One stall alone (a hiccup of a quiet machine) only costs the call it hit.
  *
  * fork: GNU OpenMP keeps a pool of worker threads per thread that opened a parallel region, and a
  * child made by fork() inherits the pool's bookkeeping but not its threads, so its first
@@ -160,6 +161,7 @@ static _Atomic int threads_in_use = 0;       /* threads held by engine calls now
 static _Atomic uint64_t calm_until = 0;      /* before this time, calls run on one thread */
 static _Atomic uint64_t calm_period = CALM_MIN_NS;
 static _Atomic long stalls_seen = 0;
+static _Atomic int stalls_in_a_row = 0;     /* multi-thread calls that stalled, consecutively */
 
 /* Threads for a call cut into `parts`: fewer while recent calls stalled, or while other calls
  * hold the CPUs (then what they leave, at least one). */
@@ -181,13 +183,14 @@ static int threads_begin(int parts)
 static void threads_end(int got, int stalled)
 {
     atomic_fetch_sub_explicit(&threads_in_use, got, memory_order_relaxed);
-    if (stalled) {
+    if (stalled) atomic_fetch_add_explicit(&stalls_seen, 1, memory_order_relaxed);
+    if (stalled && atomic_fetch_add_explicit(&stalls_in_a_row, 1, memory_order_relaxed) >= 1) {
         uint64_t period = atomic_load_explicit(&calm_period, memory_order_relaxed);
         atomic_store_explicit(&calm_until, monotonic_ns() + period, memory_order_relaxed);
         atomic_store_explicit(&calm_period, period * 2 < CALM_MAX_NS ? period * 2 : CALM_MAX_NS,
                               memory_order_relaxed);
-        atomic_fetch_add_explicit(&stalls_seen, 1, memory_order_relaxed);
-    } else if (got > 1) {
+    } else if (!stalled && got > 1) {
+        atomic_store_explicit(&stalls_in_a_row, 0, memory_order_relaxed);
         atomic_store_explicit(&calm_period, CALM_MIN_NS, memory_order_relaxed);
     }
 }
@@ -210,6 +213,7 @@ void cgru_reset_contention(void)
 {
     atomic_store_explicit(&calm_until, 0, memory_order_relaxed);
     atomic_store_explicit(&calm_period, CALM_MIN_NS, memory_order_relaxed);
+    atomic_store_explicit(&stalls_in_a_row, 0, memory_order_relaxed);
 }
 
 /* ---- fork ----------------------------------------------------------------------------------- */
