@@ -496,9 +496,12 @@ class _Archive:
     alone: nothing is inflated here."""
 
     def __init__(self, path):
-        if os.path.isdir(path):
-            raise _Refused("is a directory, not a cgru model file")
         try:
+            mode = os.stat(path).st_mode
+            if stat.S_ISDIR(mode):
+                raise _Refused("is a directory, not a cgru model file")
+            if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+                raise _Refused("is not a regular file, so not a cgru model file")
             self.size = os.path.getsize(path)
             with open(path, "rb") as f:
                 magic = f.read(4)
@@ -637,6 +640,34 @@ def _read_model(archive, compile):
     model = _unbuilt_model(description)
     input_shape = tuple(description["input_shape"])
     expected = _declared_weights(model, input_shape)
+    descr = {d for d in _ARRAY_DESCRS if np.dtype(d).type == model.dtype.type}  # either order
+    _check_weights(archive, model, expected, descr)
+    compiled = _compile_settings(description["compile"])
+    try:
+        model.build((None,) + input_shape)  # the first allocation, now bounded by the file size
+    except (ValueError, TypeError) as e:
+        raise _invalid(str(e)) from None
+    for layer in model.layers:
+        for name, target in layer.params.items():
+            key = f"weights/{layer.name}/{name}"
+            target[...] = archive.array(key, descr, expected[key])
+    try:
+        model.rng.bit_generator.state = description["rng_state"]
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise _invalid(f"rng_state: {_cause(e)}") from None
+    state = _optimizer_state(archive, model, compiled, descr)
+    if compile and compiled is not None:
+        optimizer, loss, metrics, iterations = compiled
+        model.compile(optimizer, loss, metrics)
+        if iterations is not None:
+            optimizer.set_state(state, iterations, model.trainable_weights)
+    model.metadata = description["metadata"]
+    return model
+
+
+def _check_weights(archive, model, expected, descr):
+    """The stored weights against the declared ones ({key: shape}), from the zip directory and
+    the .npy headers only: their bytes must fit in the file, the names and every header match."""
     count = sum(math.prod(shape) for shape in expected.values())
     if count * model.dtype.itemsize > archive.size:
         raise _Refused(f"does not match its architecture: the description declares {count:,} "
@@ -651,8 +682,7 @@ def _read_model(archive, compile):
                     if k != _DESCRIPTION and not k.startswith(("weights/", "optimizer/")))
     if others:
         raise _Refused(f"is not a cgru model file (unexpected entries {others[:5]})")
-    descr = {d for d in _ARRAY_DESCRS if np.dtype(d).type == model.dtype.type}  # either order
-    for key, shape in expected.items():  # every header before any weight is allocated
+    for key, shape in expected.items():
         stored_descr, stored_shape, _, _ = archive.header(key)
         if stored_descr not in descr or stored_shape != shape:
             have = (np.dtype(stored_descr).name if stored_descr in _ARRAY_DESCRS
@@ -660,37 +690,27 @@ def _read_model(archive, compile):
             raise _Refused(f"does not match its architecture: weight '{key}' is "
                            f"{have}{stored_shape}, the architecture needs "
                            f"{model.dtype.name}{shape}")
-    compiled = _compile_settings(description["compile"])
-    model.build((None,) + input_shape)
-    for layer in model.layers:
-        for name, target in layer.params.items():
-            key = f"weights/{layer.name}/{name}"
-            target[...] = archive.array(key, descr, expected[key])
-    try:
-        model.rng.bit_generator.state = description["rng_state"]
-    except (ValueError, TypeError, KeyError, OverflowError) as e:
-        raise _invalid(f"rng_state: {_cause(e)}") from None
 
-    slots = sorted(k for k in archive.members if k.startswith("optimizer/"))
-    if slots and (compiled is None or compiled[3] is None):
-        raise _Refused(f"is corrupted: it holds optimizer state ({slots[0]}, ...) but its "
+
+def _optimizer_state(archive, model, compiled, descr):
+    """{'slot/layer/param': array} of the optimizer entries, each checked against the slots of
+    the described optimizer and its parameter's shape (also when compile=False: a damaged file
+    is refused either way)."""
+    keys = sorted(k for k in archive.members if k.startswith("optimizer/"))
+    if keys and (compiled is None or compiled[3] is None):
+        raise _Refused(f"is corrupted: it holds optimizer state ({keys[0]}, ...) but its "
                        f"description has none")
-    if compiled is not None:
-        optimizer, loss, metrics, iterations = compiled
-        params = model.trainable_weights
-        state = {}
-        for key in slots:
-            slot, _, name = key[len("optimizer/"):].partition("/")
-            if slot not in optimizer.slot_names or name not in params:
-                raise _Refused(f"is corrupted: optimizer entry '{key}' does not belong to a "
-                               f"{type(optimizer).__name__} of this model")
-            state[key[len("optimizer/"):]] = archive.array(key, descr, params[name].shape)
-        if compile:
-            model.compile(optimizer, loss, metrics)
-            if iterations is not None:
-                optimizer.set_state(state, iterations, params)
-    model.metadata = description["metadata"]
-    return model
+    state = {}
+    if compiled is None:
+        return state
+    optimizer, params = compiled[0], model.trainable_weights
+    for key in keys:
+        slot, _, name = key[len("optimizer/"):].partition("/")
+        if slot not in optimizer.slot_names or name not in params:
+            raise _Refused(f"is corrupted: optimizer entry '{key}' does not belong to a "
+                           f"{type(optimizer).__name__} of this model")
+        state[key[len("optimizer/"):]] = archive.array(key, descr, params[name].shape)
+    return state
 
 
 def _description(archive):

@@ -2,6 +2,7 @@
 the cause, never another exception, never NumPy's allow_pickle advice, and never the memory a
 crafted description or header asks for."""
 import io
+import os
 import json
 import struct
 import tracemalloc
@@ -512,3 +513,10 @@ def test_a_valid_file_still_loads_after_all_these_checks(good):
     assert model.optimizer.iterations == 2
     assert sorted(model.optimizer.slots) == ["m", "v"]
     assert cgru.load_model(good, compile=False).loss is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "model.npz"
+    os.mkfifo(path)
+    refused(path, "is not a regular file")
