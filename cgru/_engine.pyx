@@ -269,12 +269,22 @@ cdef void *_data(object a, object dtype, Py_ssize_t size, str name,
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int want = cnp.NPY_FLOAT if dtype is _FLOAT32 else (
         cnp.NPY_DOUBLE if dtype is _FLOAT64 else cnp.NPY_INT64)
-    if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        raise TypeError(f"engine argument '{name}' must be a C-contiguous {dtype} array, "
-                        f"got {arr.dtype} (C-contiguous: {arr.flags.c_contiguous})")
+    if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
+            or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"engine argument '{name}' must be an aligned, C-contiguous {dtype} "
+                        f"array in native byte order, got {arr.dtype} (C-contiguous: "
+                        f"{arr.flags.c_contiguous}, aligned: {arr.flags.aligned})")
     if cnp.PyArray_SIZE(arr) < size:
         raise ValueError(f"engine argument '{name}' needs {size} elements, got {arr.size}")
     return cnp.PyArray_DATA(arr)
+
+
+cdef int _engine_int(Py_ssize_t value, str what) except -1:
+    """value as the engine's int, refused when it does not fit (every size is checked here, in
+    64 bits, before it reaches C)."""
+    if value < 1 or value > 2147483647:
+        raise ValueError(f"{what} must lie in [1, 2**31 - 1], got {value}")
+    return <int>value
 
 
 cdef cgru_layer_config _config(int T, int B, int I, int H, bint reset_after, bint reverse,
@@ -298,20 +308,21 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
                   bint reset_after, bint reverse, bint training, int n_threads):
     """One layer and direction forward. y (T, B, ldy) gets this direction at columns
     [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef int ldy = y.shape[2]
+    cdef int T = _engine_int(x.shape[0], "time steps"), B = _engine_int(x.shape[1], "batch")
+    cdef int I = _engine_int(x.shape[2], "input size"), H = _engine_int(w_hh.shape[1], "hidden size")
+    cdef int ldy = _engine_int(y.shape[2], "output width")
     if column < 0 or column + H > ldy or y.shape[0] != T or y.shape[1] != B:
         raise ValueError("layer_forward: output block out of range")
     cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, training, n_threads)
     cdef size_t n_saved = 0, n_scratch = 0
     _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_forward")
     dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
-    cdef Py_ssize_t G = 3 * H
-    cdef void *py = _data(y, dt, T * B * ldy, "y")
+    cdef Py_ssize_t G = 3 * <Py_ssize_t>H, TB = <Py_ssize_t>T * B
+    cdef void *py = _data(y, dt, TB * ldy, "y")
     cdef void *ph_n = _data(h_n, dt, B * H, "h_n")
     cdef void *psaved = _data(saved, dt, n_saved, "saved")
     cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
-    cdef void *px = _data(x, dt, T * B * I, "x")
+    cdef void *px = _data(x, dt, TB * I, "x")
     cdef void *ph0 = _data(h0, dt, B * H, "h0", optional=True)
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
     cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
@@ -346,16 +357,17 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
                    saved, scratch, x, w_ih, w_hh, lengths, bint reset_after, bint reverse,
                    int n_threads):
     """One layer and direction backward; consumes `saved` from a training forward."""
-    cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = w_hh.shape[1]
-    cdef int ldy = dy.shape[2]
+    cdef int T = _engine_int(x.shape[0], "time steps"), B = _engine_int(x.shape[1], "batch")
+    cdef int I = _engine_int(x.shape[2], "input size"), H = _engine_int(w_hh.shape[1], "hidden size")
+    cdef int ldy = _engine_int(dy.shape[2], "output width")
     if column < 0 or column + H > ldy or dy.shape[0] != T or dy.shape[1] != B:
         raise ValueError("layer_backward: gradient block out of range")
     cdef cgru_layer_config c = _config(T, B, I, H, reset_after, reverse, True, n_threads)
     cdef size_t n_saved = 0, n_scratch = 0
     _check(cgru_layer_workspace_size(&c, &n_saved, &n_scratch), "layer_backward")
     dt = _FLOAT32 if x.dtype == _FLOAT32 else (_FLOAT64 if x.dtype == _FLOAT64 else x.dtype)
-    cdef Py_ssize_t G = 3 * H
-    cdef void *pdx = _data(dx, dt, T * B * I, "dx")
+    cdef Py_ssize_t G = 3 * <Py_ssize_t>H, TB = <Py_ssize_t>T * B
+    cdef void *pdx = _data(dx, dt, TB * I, "dx")
     cdef void *pdh0 = _data(dh0, dt, B * H, "dh0")
     cdef void *pdw_ih = _data(dw_ih, dt, G * I, "dw_ih")
     cdef void *pdw_hh = _data(dw_hh, dt, G * H, "dw_hh")
@@ -363,11 +375,11 @@ def layer_backward(dx, bint accumulate_dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dy, 
     cdef void *pdb_hh = _data(db_hh, dt, G, "db_hh", optional=True)
     if (pdb_ih == NULL) != (pdb_hh == NULL):
         raise ValueError("layer_backward: db_ih and db_hh are both given or both None")
-    cdef void *pdy = _data(dy, dt, T * B * ldy, "dy")
+    cdef void *pdy = _data(dy, dt, TB * ldy, "dy")
     cdef void *pdh_n = _data(dh_n, dt, B * H, "dh_n", optional=True)
     cdef void *psaved = _data(saved, dt, n_saved, "saved")
     cdef void *pscratch = _data(scratch, dt, n_scratch, "scratch")
-    cdef void *px = _data(x, dt, T * B * I, "x")
+    cdef void *px = _data(x, dt, TB * I, "x")
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
     cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
     cdef void *plengths = _data(lengths, _INT64, B, "lengths", optional=True)
@@ -406,12 +418,16 @@ cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
 
 
 cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, int rows,
-                             int cols):
+                             int cols, list held):
     """params[name] checked as gru.GRU._checked_params does: dtype, contiguity and exact shape.
-    cols = 0 for a bias (rows,)."""
+    cols = 0 for a bias (rows,). A misaligned array is replaced by an aligned copy, which `held`
+    keeps alive until the step is done."""
     obj = params.get(name)
+    if obj is None:
+        raise KeyError(f"params is missing '{name}'")
     if not cnp.PyArray_Check(obj) or cnp.PyArray_TYPE(<cnp.ndarray>obj) != type_num or \
-            not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj):
+            not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj) or \
+            not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>obj):
         raise TypeError(f"params['{name}'] must be a C-contiguous {dtype} array; got "
                         f"{type(obj).__name__} {getattr(obj, 'dtype', '')}")
     cdef cnp.ndarray a = <cnp.ndarray>obj
@@ -419,6 +435,9 @@ cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, 
             or (cols and a.shape[1] != cols)):
         want = str((rows, cols)) if cols else str((rows,))
         raise ValueError(f"params['{name}'] must have shape {want}, got {obj.shape}")
+    if not cnp.PyArray_ISALIGNED(a):
+        a = np.require(a, requirements=["C", "A"])  # the kernels' loads need aligned elements
+        held.append(a)
     return a
 
 
@@ -432,6 +451,8 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     of h's shape. Returns out, or a new array."""
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
+    if len(names) != 4 or any(len(kind) != L for kind in names):
+        raise ValueError(f"step: the parameter names must be 4 tuples of {L} names")
     cdef int type_num = (<cnp.dtype?>dtype).type_num
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
         raise TypeError(f"step: dtype must be float32 or float64, got {dtype}")
@@ -440,9 +461,11 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     if not cnp.PyArray_Check(h):
         h = np.asarray(h)
     cdef cnp.ndarray xa = <cnp.ndarray>x_t, ha = <cnp.ndarray>h
-    if cnp.PyArray_TYPE(xa) != type_num or cnp.PyArray_TYPE(ha) != type_num:
-        bad, name = (xa, "x_t") if cnp.PyArray_TYPE(xa) != type_num else (ha, "h")
-        raise TypeError(f"{name} has dtype {bad.dtype} but the GRU's parameters are {dtype}")
+    for arr, name in ((xa, "x_t"), (ha, "h")):
+        if cnp.PyArray_TYPE(<cnp.ndarray>arr) != type_num \
+                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>arr):
+            raise TypeError(f"{name} has dtype {arr.dtype} but the GRU's parameters are {dtype} "
+                            f"(native byte order); pass {name}.astype(np.{dtype.name})")
     cdef int nd_x = cnp.PyArray_NDIM(xa), nd_h = cnp.PyArray_NDIM(ha)
     cdef Py_ssize_t B, features
     if nd_x == 1 and nd_h == 2:
@@ -466,13 +489,18 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
         out = cnp.PyArray_EMPTY(nd_h, cnp.PyArray_DIMS(ha), type_num, 0)
     elif (not cnp.PyArray_Check(out) or cnp.PyArray_TYPE(<cnp.ndarray>out) != type_num
           or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+          or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>out)
           or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
           or not _same_shape(<cnp.ndarray>out, ha)):
-        raise ValueError(f"out must be a writeable C-contiguous {dtype} array of shape {h.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(xa):
-        xa = np.ascontiguousarray(xa)
-    if not cnp.PyArray_IS_C_CONTIGUOUS(ha):
-        ha = np.ascontiguousarray(ha)
+        raise ValueError(f"out must be a writeable C-contiguous {dtype} array in native byte "
+                         f"order, of shape {h.shape}")
+    user_out = None
+    if not cnp.PyArray_ISALIGNED(<cnp.ndarray>out):  # computed aligned, then copied into out
+        user_out, out = out, cnp.PyArray_EMPTY(nd_h, cnp.PyArray_DIMS(ha), type_num, 0)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(xa) or not cnp.PyArray_ISALIGNED(xa):
+        xa = np.require(xa, requirements=["C", "A"])
+    if not cnp.PyArray_IS_C_CONTIGUOUS(ha) or not cnp.PyArray_ISALIGNED(ha):
+        ha = np.require(ha, requirements=["C", "A"])
 
     cdef const void *wi[64]
     cdef const void *wh[64]
@@ -480,17 +508,18 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     cdef const void *bh[64]
     cdef int l, G = 3 * H
     cdef tuple n_ih = names[0], n_hh = names[1], nb_ih = names[2], nb_hh = names[3]
+    cdef list held = []
     for l in range(L):
         wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G,
-                                             I if l == 0 else H))
-        wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H))
+                                             I if l == 0 else H, held))
+        wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
         if bias:
-            bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0))
-            bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0))
+            bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
+            bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0, held))
     cdef void *pout = cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef void *pin = cnp.PyArray_DATA(ha)
     cdef void *px = cnp.PyArray_DATA(xa)
-    cdef int b = <int>B, n_threads = cgru_get_num_threads()
+    cdef int b = _engine_int(B, "batch"), n_threads = cgru_get_num_threads()
     cdef cgru_status status
     # step() shares work between threads only on its own kernels and calls BLAS from the calling
     # thread alone, so SciPy's BLAS keeps its thread setting: nothing to cap, and the two ctypes
@@ -510,6 +539,9 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
                                    <const double* const*>bh if bias else NULL,
                                    L, b, I, H, reset_after, n_threads)
     _check(status, "step")
+    if user_out is not None:
+        user_out[...] = out
+        return user_out
     return out
 
 

@@ -5,12 +5,21 @@ each layer and direction to the C engine (which runs without the GIL). Everythin
 happens in C.
 """
 import sys
+import threading
 
 import numpy as np
 
 from . import _engine
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+# An inference forward works through the batch (and, for a unidirectional GRU, the time axis) in
+# blocks whose working memory stays under this many bytes, whatever T and B are: scoring a
+# million sequences costs its input and output, not a copy of every gate of every step.
+INFERENCE_BLOCK_BYTES = 16 * 2**20
+# Sequences per block below which a unidirectional GRU cuts the time axis instead of the batch
+# (the per-step products lose speed on fewer rows).
+MIN_BATCH_BLOCK = 64
 
 
 def set_num_threads(n):
@@ -33,6 +42,11 @@ def _aligned(a):
     out = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
+
+
+def _contiguous(a):
+    """a itself when C-contiguous and aligned, else such a copy: what the engine reads."""
+    return np.require(a, requirements=["C", "A"])
 
 
 def _positive_int(value, name):
@@ -61,24 +75,26 @@ class GRU:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, dtype="float32", seed=None):
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.num_layers = _positive_int(num_layers, "num_layers")
-        if not isinstance(dropout, (int, float, np.floating)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        # the architecture is fixed at construction (read-only properties below): every
+        # parameter shape and the engine's checks follow from it
+        self._input_size = _positive_int(input_size, "input_size")
+        self._hidden_size = _positive_int(hidden_size, "hidden_size")
+        self._num_layers = _positive_int(num_layers, "num_layers")
+        try:
+            key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        except TypeError:
+            key = None
         if key not in _DTYPES:
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.dtype = _DTYPES[key]
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
-        self.reset_after = bool(reset_after)
+        self._dtype = _DTYPES[key]
+        self._bias = bool(bias)
+        self._bidirectional = bool(bidirectional)
+        self._reset_after = bool(reset_after)
+        self.batch_first = batch_first
+        self.dropout = dropout
         self.training = True
         self._rng = np.random.default_rng(seed)
-        self._context = None
-        self._spent_context = False
+        self._init_run_state()
         H, D = self.hidden_size, self.num_directions
         bound = 1.0 / np.sqrt(H)
         self.params = {}
@@ -92,14 +108,74 @@ class GRU:
                     self.params[name] = _aligned(
                         self._rng.uniform(-bound, bound, shape).astype(self.dtype))
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._shapes = {k: v.shape for k, v in self.params.items()}
         # step(): parameter names by kind (weight_ih, weight_hh, bias_ih, bias_hh), layer by layer
         self._step_names = tuple(zip(*[self._names(layer, 0) for layer in range(self.num_layers)]))
 
-    # ---- PyTorch-style housekeeping -------------------------------------------------------------
+    # ---- architecture: read-only ----------------------------------------------------------------
+
+    input_size = property(lambda self: self._input_size, doc="Features per time step (fixed).")
+    hidden_size = property(lambda self: self._hidden_size, doc="Hidden units (fixed).")
+    num_layers = property(lambda self: self._num_layers, doc="Stacked layers (fixed).")
+    bias = property(lambda self: self._bias, doc="Whether the layers have biases (fixed).")
+    bidirectional = property(lambda self: self._bidirectional, doc="Two directions (fixed).")
+    reset_after = property(lambda self: self._reset_after, doc="The reset variant (fixed).")
+    dtype = property(lambda self: self._dtype, doc="The parameters' dtype (fixed).")
 
     @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def batch_first(self):
+        """Inputs and outputs are (B, T, features) when True, (T, B, features) when False."""
+        return self._batch_first
+
+    @batch_first.setter
+    def batch_first(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"batch_first must be True or False, got {value!r}")
+        self._batch_first = bool(value)
+
+    @property
+    def dropout(self):
+        """Dropout between layers in training mode, a rate in [0, 1)."""
+        return self._dropout
+
+    @dropout.setter
+    def dropout(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                or not 0.0 <= value < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
+        self._dropout = float(value)
+
+    # ---- what a training forward leaves for its backward ----------------------------------------
+
+    def _init_run_state(self):
+        # each Python thread has its own pending training forward, so that threads sharing a
+        # GRU backpropagate through their own; their gradients add into `grads` one at a time
+        self._pending = threading.local()
+        self._grads_lock = threading.Lock()
+
+    @property
+    def _context(self):
+        return getattr(self._pending, "context", None)
+
+    @_context.setter
+    def _context(self, context):
+        self._pending.context = context
+
+    def __getstate__(self):
+        # a pickled or copied GRU carries its parameters and settings, never a pending forward
+        state = self.__dict__.copy()
+        del state["_pending"], state["_grads_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_run_state()
+
+    # ---- PyTorch-style housekeeping -------------------------------------------------------------
 
     @staticmethod
     def _names(layer, direction):
@@ -158,17 +234,33 @@ class GRU:
         return arr
 
     def _checked_params(self):
-        """The parameter arrays as the engine needs them (users may have replaced entries)."""
+        """The parameter arrays as the engine needs them: users may have replaced, reshaped or
+        deleted entries of `params`. A misaligned array is used through an aligned copy."""
+        if not isinstance(self.params, dict):
+            raise TypeError(f"params must be a dict of arrays, got {type(self.params).__name__}")
+        missing = [k for k in self._shapes if k not in self.params]
+        unexpected = [k for k in self.params if k not in self._shapes]
+        if missing or unexpected:
+            raise KeyError(f"params must hold exactly this GRU's parameters: missing {missing}, "
+                           f"unexpected {unexpected}")
         checked = {}
-        for k, v in self.params.items():
+        for k, shape in self._shapes.items():
+            v = self.params[k]
             if not isinstance(v, np.ndarray) or v.dtype != self.dtype or not v.flags.c_contiguous:
                 raise TypeError(f"params['{k}'] must be a C-contiguous {self.dtype} array; "
                                 f"got {type(v).__name__} {getattr(v, 'dtype', '')}")
-            if v.shape != self.grads[k].shape:
-                raise ValueError(f"params['{k}'] must have shape {self.grads[k].shape}, "
-                                 f"got {v.shape}")
-            checked[k] = v
+            if v.shape != shape:
+                raise ValueError(f"params['{k}'] must have shape {shape}, got {v.shape}")
+            checked[k] = v if v.flags.aligned else _aligned(v)
         return checked
+
+    def _checked_grads(self):
+        for k, shape in self._shapes.items():
+            g = self.grads.get(k) if isinstance(self.grads, dict) else None
+            if not isinstance(g, np.ndarray) or g.shape != shape or g.dtype != self.dtype \
+                    or not g.flags.c_contiguous or not g.flags.aligned or not g.flags.writeable:
+                raise TypeError(f"grads['{k}'] must be a writeable, aligned, C-contiguous "
+                                f"{self.dtype} array of shape {shape}")
 
     def _time_major_input(self, x):
         x = self._array(x, "x")
@@ -191,7 +283,7 @@ class GRU:
             raise ValueError("x has 0 time steps; a GRU needs at least one")
         if B == 0:
             raise ValueError("x has a batch of 0 sequences; a GRU needs at least one")
-        return np.ascontiguousarray(x), unbatched
+        return x, unbatched  # a view: the engine gets contiguous blocks of it
 
     def _state(self, h, name, B, unbatched):
         """h0 / dh_n as (num_layers * D, B, H), contiguous; None stays None."""
@@ -207,7 +299,7 @@ class GRU:
         elif h.shape != expected:
             raise ValueError(f"{name} must have shape (num_layers * num_directions, batch, "
                              f"hidden_size) = {expected}, got {h.shape}")
-        return np.ascontiguousarray(h)
+        return _contiguous(h)
 
     @staticmethod
     def _lengths(lengths, T, B):
@@ -230,6 +322,10 @@ class GRU:
 
     def forward(self, x, h0=None, lengths=None):
         """Run the GRU over x; returns (y, h_n). In training mode, keeps what backward needs."""
+        return self._run(x, h0, lengths, with_outputs=True)
+
+    def _run(self, x, h0, lengths, with_outputs):
+        """forward(); with_outputs=False returns (None, h_n) and never holds all of y."""
         x, unbatched = self._time_major_input(x)
         T, B, _ = x.shape
         h0 = self._state(h0, "h0", B, unbatched)
@@ -238,54 +334,119 @@ class GRU:
                              "input_size)")
         lengths = self._lengths(lengths, T, B)
         params = self._checked_params()
-        H, D, L = self.hidden_size, self.num_directions, self.num_layers
-        training = self.training
-        n_threads = _engine.get_num_threads()
+        if self.training:
+            y, h_n = self._train_forward(x, h0, lengths, params, unbatched)
+        else:
+            y, h_n = self._infer(x, h0, lengths, params, with_outputs)
+        if y is None:
+            return None, (h_n[:, 0, :] if unbatched else h_n)
+        if unbatched:
+            return y[:, 0, :], h_n[:, 0, :]
+        if self.batch_first:
+            y = y.transpose(1, 0, 2)
+        return y, h_n
 
-        # One workspace per call, carved into named regions: a saved block per layer and
-        # direction (kept for backward in training mode, shared in inference mode) and scratch.
-        inputs = [self.input_size] + [D * H] * (L - 1)
-        sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, training, n_threads)
-                 for I in inputs]
+    def _layer_inputs(self):
+        return [self.input_size] + [self.num_directions * self.hidden_size] * (self.num_layers - 1)
+
+    def _train_forward(self, x, h0, lengths, params, unbatched):
+        """The whole sequence at once, keeping every layer's gates and states for backward."""
+        T, B, _ = x.shape
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        n_threads = _engine.get_num_threads()
+        # One workspace per call, carved into a saved block per layer and direction (kept for
+        # backward) and scratch.
+        sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, True, n_threads)
+                 for I in self._layer_inputs()]
         n_saved = [s for s, _ in sizes]
-        scratch_size = max(s for _, s in sizes)
-        saved_total = sum(n_saved) * D if training else max(n_saved)
-        workspace = np.empty(saved_total + scratch_size, self.dtype)
+        saved_total = sum(n_saved) * D
+        workspace = np.empty(saved_total + max(s for _, s in sizes), self.dtype)
         scratch = workspace[saved_total:]
         h_n = np.empty((L * D, B, H), self.dtype)
-        layer_input = x.copy() if training else x  # a user may change x before backward
+        layer_input = np.array(x, order="C")  # a copy: a user may change x before backward
+        # the parameters as they were, so that backward can refuse ones changed since
         context = {"layers": [], "lengths": lengths, "shape": (T, B), "unbatched": unbatched,
-                   "scratch": scratch}
+                   "scratch": scratch, "params": {k: v.copy() for k, v in params.items()}}
         offset = 0
         for layer in range(L):
             y = np.empty((T, B, D * H), self.dtype)
             saved_blocks = []
             for d in range(D):
                 w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in self._names(layer, d))
-                size = n_saved[layer] if training else saved_total
-                saved = workspace[offset:offset + size]
-                if training:
-                    offset += size
+                saved = workspace[offset:offset + n_saved[layer]]
+                offset += n_saved[layer]
                 _engine.layer_forward(y, d * H, h_n[layer * D + d], saved, scratch, layer_input,
                                       None if h0 is None else h0[layer * D + d], w_ih, w_hh,
-                                      b_ih, b_hh, lengths, self.reset_after, d == 1, training,
+                                      b_ih, b_hh, lengths, self.reset_after, d == 1, True,
                                       n_threads)
                 saved_blocks.append(saved)
             mask = None
-            if training and self.dropout > 0 and layer < L - 1:
+            if self.dropout > 0 and layer < L - 1:
                 keep = 1.0 - self.dropout
                 mask = (self._rng.random(y.shape) < keep).astype(self.dtype) / self.dtype.type(keep)
-            if training:
-                context["layers"].append((layer_input, saved_blocks, mask))
+            context["layers"].append((layer_input, saved_blocks, mask))
             layer_input = y if mask is None else y * mask
+        self._context = context
+        self._pending.spent = False
+        return y, h_n
 
-        if training:
-            self._context = context
-            self._spent_context = False
-        if unbatched:
-            return y[:, 0, :], h_n[:, 0, :]
-        if self.batch_first:
-            y = y.transpose(1, 0, 2)
+    def _inference_blocks(self, T, B):
+        """(sequences, steps) per block of an inference forward: the input block, its gates, and
+        two layers' outputs stay within INFERENCE_BLOCK_BYTES."""
+        H, D = self.hidden_size, self.num_directions
+        per_cell = self.dtype.itemsize * (max(self._layer_inputs()) + 3 * H + 3 * D * H)
+        cells = max(1, INFERENCE_BLOCK_BYTES // per_cell)  # (step, sequence) pairs per block
+        if T * B <= cells:
+            return B, T
+        if cells // T >= MIN_BATCH_BLOCK or self.bidirectional:
+            return max(1, min(B, cells // T)), T  # the reverse direction needs whole sequences
+        batch = min(B, MIN_BATCH_BLOCK)
+        return batch, max(1, min(T, cells // batch))
+
+    def _infer(self, x, h0, lengths, params, with_outputs):
+        """Inference in blocks of the batch and, unidirectional, of time (see INFERENCE_BLOCK_BYTES):
+        each time block starts from the states the previous one ended with."""
+        T, B, _ = x.shape
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        n_threads = _engine.get_num_threads()
+        batch, steps = self._inference_blocks(T, B)
+        sizes = [_engine.layer_workspace_size(steps, batch, I, H, self.reset_after, False,
+                                              n_threads) for I in self._layer_inputs()]
+        saved = np.empty(max(s for s, _ in sizes), self.dtype)
+        scratch = np.empty(max(s for _, s in sizes), self.dtype)
+        y = np.empty((T, B, D * H), self.dtype) if with_outputs else None
+        h_n = np.empty((L * D, B, H), self.dtype)
+        whole_batch = batch == B
+        buffers = [np.empty(steps * batch * D * H, self.dtype) for _ in range(2 if L > 1 else 1)]
+        for b0 in range(0, B, batch):
+            b1 = min(B, b0 + batch)
+            h_block = h_n[:, b0:b1] if whole_batch else np.empty((L * D, b1 - b0, H), self.dtype)
+            h_start = None if h0 is None else _contiguous(h0[:, b0:b1])
+            for t0 in range(0, T, steps):
+                t1 = min(T, t0 + steps)
+                block_lengths = None
+                if lengths is not None:  # steps each sequence has in this block (0: it ended)
+                    block_lengths = np.clip(lengths[b0:b1] - t0, 0, t1 - t0)
+                layer_input = _contiguous(x[t0:t1, b0:b1])
+                for layer in range(L):
+                    shape = (t1 - t0, b1 - b0, D * H)
+                    if layer == L - 1 and with_outputs and whole_batch:
+                        out = y[t0:t1]  # contiguous: the engine writes the answer in place
+                    else:
+                        out = buffers[layer % len(buffers)][:np.prod(shape)].reshape(shape)
+                    for d in range(D):
+                        w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in self._names(layer, d))
+                        state = layer * D + d
+                        _engine.layer_forward(
+                            out, d * H, h_block[state], saved, scratch, layer_input,
+                            None if h_start is None else h_start[state], w_ih, w_hh, b_ih, b_hh,
+                            block_lengths, self.reset_after, d == 1, False, n_threads)
+                    layer_input = out
+                if with_outputs and not whole_batch:
+                    y[t0:t1, b0:b1] = layer_input
+                h_start = h_block.copy() if t1 < T else None
+            if not whole_batch:
+                h_n[:, b0:b1] = h_block
         return y, h_n
 
     def backward(self, dy, dh_n=None):
@@ -295,11 +456,11 @@ class GRU:
         gradients into `self.grads` (call `zero_grad()` to clear them). One backward per forward.
         """
         if self._context is None:
-            if self._spent_context:
+            if getattr(self._pending, "spent", False):
                 raise RuntimeError("backward was already called for the last forward; run a "
                                    "new training-mode forward before another backward")
             raise RuntimeError("backward needs a forward in training mode first (call "
-                               "gru.train() and then gru(x))")
+                               "gru.train() and then gru(x)), in the same Python thread")
         context = self._context
         T, B = context["shape"]
         unbatched = context["unbatched"]
@@ -314,16 +475,17 @@ class GRU:
             dy = dy[:, None, :]
         elif self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        dy = np.ascontiguousarray(dy)
+        dy = _contiguous(dy)
         dh_n = self._state(dh_n, "dh_n", B, unbatched)
         params = self._checked_params()
-        for k in params:
-            if self.grads[k].shape != params[k].shape or self.grads[k].dtype != self.dtype \
-                    or not self.grads[k].flags.c_contiguous:
-                raise TypeError(f"grads['{k}'] must be a C-contiguous {self.dtype} array of "
-                                f"shape {params[k].shape}")
+        changed = [k for k, v in context["params"].items() if not np.array_equal(v, params[k])]
+        if changed:
+            raise RuntimeError(f"parameters {changed} changed between the training forward and "
+                               f"this backward, so its gradients would be wrong; run the "
+                               f"forward again after changing parameters")
+        self._checked_grads()
         self._context = None
-        self._spent_context = True
+        self._pending.spent = True
 
         n_threads = _engine.get_num_threads()
         scratch = context["scratch"]
@@ -333,6 +495,17 @@ class GRU:
         if scratch.size < need:  # the thread count grew since the forward
             scratch = np.empty(need, self.dtype)
         dh0 = np.empty((L * D, B, H), self.dtype)
+        with self._grads_lock:  # threads sharing this GRU add their gradients one at a time
+            dx = self._backward_layers(context, dy, dh_n, dh0, params, scratch, n_threads)
+        if unbatched:
+            return dx[:, 0, :], dh0[:, 0, :]
+        if self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, dh0
+
+    def _backward_layers(self, context, dy, dh_n, dh0, params, scratch, n_threads):
+        """Every layer's backward, top down; returns dx (T, B, input_size)."""
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
         for layer in range(L - 1, -1, -1):
             layer_input, saved_blocks, _ = context["layers"][layer]
             dx = np.empty(layer_input.shape, self.dtype)
@@ -349,12 +522,7 @@ class GRU:
                 dy = dx if mask is None else dx * mask
             else:
                 dy = dx
-        dx = dy
-        if unbatched:
-            return dx[:, 0, :], dh0[:, 0, :]
-        if self.batch_first:
-            dx = dx.transpose(1, 0, 2)
-        return dx, dh0
+        return dy
 
     # ---- streaming ------------------------------------------------------------------------------
 

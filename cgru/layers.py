@@ -312,13 +312,15 @@ class GRU(Layer):
             mask /= self.dtype.type(keep)
             x = x * mask
         self._engine.train(training)
-        y, h_n = self._engine(x)
+        # without return_sequences, inference needs only the final states: the engine then
+        # never holds every step's output (see cgru.gru.INFERENCE_BLOCK_BYTES)
+        y, h_n = self._engine._run(x, None, None, with_outputs=training or self.return_sequences)
         H = self.units
         if self.return_sequences:
             first, second = (y[..., :H], y[..., H:]) if self.directions == 2 else (y, None)
         else:
             first, second = (h_n[0], h_n[1]) if self.directions == 2 else (h_n[0], None)
-        self._cache = (mask, first, second, y.shape) if training else None
+        self._cache = (mask, first, second, y.shape) if training else None  # y: training only
         if second is None:
             return first
         mode = self.merge_mode

@@ -36,6 +36,8 @@ from . import optimizers as _optimizers
 FORMAT = "cgru.Sequential"
 FORMAT_VERSION = 1
 _DESCRIPTION = "__cgru__"
+# predict() runs blocks of samples whose layer outputs take at most this many bytes
+PREDICT_BLOCK_BYTES = 16 * 2**20
 
 
 def _snake(name):
@@ -223,12 +225,26 @@ class Sequential:
         return self._forward(x, training)
 
     def predict(self, x, batch_size=32, verbose=0):
-        """Model outputs for x in inference mode, computed batch by batch."""
+        """Model outputs for x in inference mode.
+
+        The model runs in blocks of samples chosen for speed and bounded memory
+        (PREDICT_BLOCK_BYTES of layer outputs per block; each GRU bounds its own working memory):
+        `batch_size` is accepted as in Keras but changes neither the blocks nor the result."""
+        _positive_int(batch_size, "batch_size")
         x = self._inputs(x)
         self._build_for(x)
-        batch_size = _positive_int(batch_size, "batch_size")
-        outs = [self._forward(x[i:i + batch_size], False) for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs, axis=0)
+        block = self._predict_block(x)
+        outs = [self._forward(x[i:i + block], False) for i in range(0, len(x), block)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    def _predict_block(self, x):
+        """Samples per predict block: every layer's output for the block within
+        PREDICT_BLOCK_BYTES."""
+        shape, per_sample = x.shape[1:], x[0].nbytes
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+            per_sample += int(np.prod(shape)) * self.dtype.itemsize
+        return max(1, PREDICT_BLOCK_BYTES // per_sample)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
         """Choose the optimizer (name or instance), the loss (name or instance) and metrics."""
