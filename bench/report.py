@@ -161,6 +161,11 @@ def main():
                                  f"{info['gflops']:.1f} | {speedup} | {info['handoff_us']:.2f} |")
     scaling_config = next((r[0][2]["config"] for r in scaling.values()), "")
     memory = "\n".join(training_memory_lines())
+    sys.path.insert(0, HERE)
+    import contention
+    import memory as scoring
+    company = contention.table(contention.measure())
+    scoring_memory = scoring.table()
     text = f"""# Benchmarks
 
 Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites this file).
@@ -198,6 +203,22 @@ allocations over one training step (tracemalloc, one layer, float32).
 | T, B, I, H | saved | BPTT minimum | ratio | scratch | peak of a training step |
 |---|---|---|---|---|---|
 {memory}
+
+## Scoring memory
+
+`predict` on a forecaster, in a fresh process (bench/memory.py): the resident memory grows by the
+engine's bounded blocks and the runtime's buffers, not by the size of the input.
+
+{scoring_memory}
+
+## In company
+
+cgru with one busy process per CPU (started by bench/contention.py), with more threads than CPUs,
+and with several Python threads calling at once, against the same calls on one thread. With
+busy cores, a 1-thread call is itself delayed whenever the scheduler hands its core to a busy
+process: compare the 2-thread rows with the 1-thread ones.
+
+{company}
 """
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write(text)
