@@ -4,6 +4,7 @@ Each scenario runs in a fresh interpreter with a time limit, so that a hang fail
 of blocking the suite.
 """
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,10 +39,18 @@ def _run(body):
         path = os.path.join(tmp, "scenario.py")
         with open(path, "w") as f:
             f.write(PRELUDE + textwrap.dedent(body))
-        done = subprocess.run([sys.executable, path], capture_output=True, text=True,
-                              timeout=TIME_LIMIT_S, cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+        # its own process group, so that a hung grandchild is killed with it
+        proc = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=TIME_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"the scenario hung for {TIME_LIMIT_S} s")
+    assert proc.returncode == 0, err[-3000:]
+    return out
 
 
 def test_os_fork_child_runs_threaded_forward_and_backward():
