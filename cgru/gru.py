@@ -202,6 +202,9 @@ class GRU:
 
     def load_state_dict(self, state_dict):
         """Load parameters by PyTorch's names; refuses missing, unexpected or misshapen entries."""
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "items"):
+            raise TypeError(f"load_state_dict: state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
         missing = sorted(set(self.params) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(self.params))
         if missing or unexpected:

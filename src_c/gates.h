@@ -42,8 +42,11 @@ static inline float cgru_expf(float x)
     p = 0.5f + r * p;
     p = 1.0f + r * p;
     p = 1.0f + r * p;
-    union { int32_t i; float f; } two_n;
-    two_n.i = ((int32_t)n + 127) << 23;
+    /* 2^n from the exponent bits; n lies in [-126, 127] after the clamps, and a NaN x (whose p
+     * is NaN already) uses n = 0 so that no NaN is converted to an integer */
+    float n_finite = n == n ? n : 0.0f;
+    union { uint32_t i; float f; } two_n;
+    two_n.i = (uint32_t)((int32_t)n_finite + 127) << 23;
     return p * two_n.f;
 }
 

@@ -410,8 +410,6 @@ def test_load_state_dict_loads_exactly_or_refuses_and_changes_nothing(c, kinds, 
         np.testing.assert_array_equal(gru.params[k], v, err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, reason="load_state_dict(list of names) raises AttributeError "
-                                       "('list' object has no attribute 'items'); gru.py")
 def test_load_state_dict_refuses_a_non_mapping_with_type_error():
     gru = cgru.GRU(2, 3)
     with pytest.raises(TypeError):
