@@ -451,7 +451,8 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     of h's shape. Returns out, or a new array."""
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
-    if len(names) != 4 or any(len(kind) != L for kind in names):
+    if len(names) != 4 or len(<tuple?>names[0]) != L or len(<tuple?>names[1]) != L \
+            or len(<tuple?>names[2]) != L or len(<tuple?>names[3]) != L:
         raise ValueError(f"step: the parameter names must be 4 tuples of {L} names")
     cdef int type_num = (<cnp.dtype?>dtype).type_num
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:

@@ -32,7 +32,7 @@ def test_inference_in_small_blocks_matches_the_reference(monkeypatch, bidirectio
     # tiny blocks cut a unidirectional GRU's time axis (each block starts from the states the
     # last one ended with, sequences that ended keep theirs) and a bidirectional GRU's batch
     monkeypatch.setattr(gru_module, "INFERENCE_BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(gru_module, "MIN_BATCH_BLOCK", 3)
+    monkeypatch.setattr(gru_module, "PREFERRED_BATCH_BLOCK", 3)
     rng = np.random.default_rng(block_bytes)
     T, B = 23, 7
     gru = cgru.GRU(5, 16, num_layers=3, bidirectional=bidirectional, reset_after=reset_after,
@@ -40,7 +40,7 @@ def test_inference_in_small_blocks_matches_the_reference(monkeypatch, bidirectio
     x = rng.standard_normal((T, B, 5))
     h0 = rng.standard_normal((3 * gru.num_directions, B, 16))
     lengths = rng.integers(1, T + 1, size=B)
-    blocks = gru._inference_blocks(T, B)
+    blocks = gru._inference_blocks(T, B, True, True)
     if block_bytes < 40000:
         assert blocks != (B, T), "the test must cut the work"
     y, h_n = gru(x, h0, lengths)
@@ -51,7 +51,7 @@ def test_inference_in_small_blocks_matches_the_reference(monkeypatch, bidirectio
 
 def test_blocked_inference_of_batch_first_and_unbatched_input(monkeypatch):
     monkeypatch.setattr(gru_module, "INFERENCE_BLOCK_BYTES", 2000)
-    monkeypatch.setattr(gru_module, "MIN_BATCH_BLOCK", 2)
+    monkeypatch.setattr(gru_module, "PREFERRED_BATCH_BLOCK", 2)
     gru = cgru.GRU(4, 16, num_layers=2, batch_first=True, dtype=np.float64, seed=1).eval()
     x = np.random.default_rng(1).standard_normal((5, 19, 4))  # (B, T, I)
     y, h_n = gru(x)
