@@ -204,4 +204,41 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
     return cgru_barrier_settle(m, now);
 }
 
+/* The same evidence for a region without per-step barriers (a split GEMM): each thread notes when
+ * it finished; threads that finished far apart (the late one took STALL_FACTOR times the early
+ * one's time more, and at least STALL_MIN_NS more) were held up by a descheduled thread. */
+typedef struct {
+    uint64_t start;
+    _Atomic uint64_t first, last;
+} cgru_finish_spread;
+
+static inline void cgru_finish_spread_init(cgru_finish_spread *f)
+{
+    f->start = cgru_ticks();
+    atomic_init(&f->first, UINT64_MAX);
+    atomic_init(&f->last, 0);
+}
+
+static inline void cgru_finish_spread_note(cgru_finish_spread *f)
+{
+    uint64_t now = cgru_ticks(), seen = atomic_load_explicit(&f->first, memory_order_relaxed);
+    while (now < seen && !atomic_compare_exchange_weak_explicit(&f->first, &seen, now,
+                                                                memory_order_relaxed,
+                                                                memory_order_relaxed))
+        ;
+    seen = atomic_load_explicit(&f->last, memory_order_relaxed);
+    while (now > seen && !atomic_compare_exchange_weak_explicit(&f->last, &seen, now,
+                                                                memory_order_relaxed,
+                                                                memory_order_relaxed))
+        ;
+}
+
+static inline int cgru_finish_spread_stalled(cgru_finish_spread *f)
+{
+    uint64_t first = atomic_load(&f->first), last = atomic_load(&f->last);
+    if (first == UINT64_MAX || last <= first) return 0;
+    double spread = (double)(last - first), early = (double)(first - f->start);
+    return spread > CGRU_STALL_MIN_NS * cgru_ticks_per_ns && spread > CGRU_STALL_FACTOR * early;
+}
+
 #endif

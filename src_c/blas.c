@@ -7,6 +7,7 @@
  *   is column-major C^T = op(B)^T op(A)^T
  * and every call below swaps the operands (and M with N) in this one place.
  */
+#include "barrier.h"
 #include "blas.h"
 
 #ifdef _OPENMP

@@ -38,11 +38,18 @@ void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N,
         FN(cgru_gemm)(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    /* one block per iteration; schedule(static, 1) keeps the block-to-thread map fixed */
+    cgru_finish_spread spread;
+    cgru_finish_spread_init(&spread);
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(cgru_plan_threads(plan, parts)) schedule(static, 1)
+#pragma omp parallel num_threads(cgru_plan_threads(plan, parts))
 #endif
-    for (int k = 0; k < parts; k++) {
+    {
+#ifdef _OPENMP
+    const int me = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int me = 0, team = 1;
+#endif
+    for (int k = me; k < parts; k += team) {
         int lo = cgru_block_start(k, extent, parts, ALIGN);
         int hi = cgru_block_start(k + 1, extent, parts, ALIGN);
         if (hi <= lo) continue;
@@ -58,6 +65,9 @@ void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N,
                           C + lo, ldc);
         }
     }
+    cgru_finish_spread_note(&spread);
+    }
+    if (plan.stalled && cgru_finish_spread_stalled(&spread)) *plan.stalled = 1;
 }
 
 void FN(cgru_colsum_add)(cgru_plan plan, REAL *out, const REAL *A, int M, int N, int lda)

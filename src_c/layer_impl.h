@@ -99,7 +99,9 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
     const int TB = T * B;
-    const cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
+    int gemm_stalled = 0;
+    cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
+    plan.stalled = &gemm_stalled;
     const int training = cfg->training, reset_after = cfg->reset_after;
     layer_layout L = layout_of(cfg);
     REAL *states = saved + L.states;  /* (slots, B, H) */
@@ -193,7 +195,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
             if (!cgru_barrier_pass(&step_barrier, &m)) break;
         }
     }
-    cgru_plan_end(plan, atomic_load(&step_barrier.stalled));
+    cgru_plan_end(plan, gemm_stalled || atomic_load(&step_barrier.stalled));
 
     const REAL *last = FN(state_slot)(states, cfg, T - 1, cfg->reverse ? 0 : T - 1, 1);
     memcpy(h_n, last, sizeof(REAL) * B * H);
@@ -214,7 +216,9 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     if (!cfg->training) return CGRU_ERR_BAD_DIMS;
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
     const int TB = T * B;
-    const cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
+    int gemm_stalled = 0;
+    cgru_plan plan = cgru_plan_begin(cfg->n_threads);  /* threads.h */
+    plan.stalled = &gemm_stalled;
     const int reset_after = cfg->reset_after;
     layer_layout L = layout_of(cfg);
     REAL *states = saved + L.states;  /* (T+1, B, H) */
@@ -335,7 +339,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             FN(cgru_colsum_add)(plan, db_hh, gates, TB, G, G);
         }
     }
-    cgru_plan_end(plan, atomic_load(&step_barrier.stalled));
+    cgru_plan_end(plan, gemm_stalled || atomic_load(&step_barrier.stalled));
     return CGRU_OK;
 }
 

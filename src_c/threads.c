@@ -202,6 +202,7 @@ cgru_plan cgru_plan_begin(int n_threads)
     plan.parts = n_threads < 1 ? 1 : (n_threads < cpus ? n_threads : cpus);
     if (cgru_fork_serial()) plan.parts = 1;
     plan.threads = threads_begin(plan.parts);
+    plan.stalled = 0;
     return plan;
 }
 

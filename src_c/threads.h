@@ -12,8 +12,9 @@
 #include "cgru.h"
 
 typedef struct {
-    int parts;    /* how the work is cut: min(thread setting, CPUs available) */
-    int threads;  /* threads that run it now: <= parts, >= 1 */
+    int parts;     /* how the work is cut: min(thread setting, CPUs available) */
+    int threads;   /* threads that run it now: <= parts, >= 1 */
+    int *stalled;  /* set to 1 by a split product whose threads finished far apart, or NULL */
 } cgru_plan;
 
 /* The plan of one call that asks for n_threads; end every plan with cgru_plan_end. */
