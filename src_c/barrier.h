@@ -17,7 +17,9 @@
  *      woken from a futex waits for that process's time slice to end (milliseconds), and would
  *      pay that at every step.
  *   2. when the wait passes STALL_FACTOR x work (at least STALL_MIN_NS), a team-mate has been
- *      descheduled (other processes share the cores): the waiter asks to go on alone. The last
+ *      descheduled. Once in a call that may be a hiccup (a virtual CPU woken from idle, one
+ *      preemption), and waiting it out is cheapest; the second time in the same call, other
+ *      processes are sharing the cores, and the waiter asks to go on alone. The last
  *      arriver (the late thread, when it finally comes) publishes the request with the release,
  *      so every thread reads the same decision: the asker carries on with every slice of the work
  *      as thread 0 of a team of 1, and the others leave the loop. One stall costs a call one
@@ -56,7 +58,7 @@
 #define CGRU_PAUSE() ((void)0)
 #endif
 
-#define CGRU_STALL_MIN_NS 30000.0
+#define CGRU_STALL_MIN_NS 100000.0
 #define CGRU_STALL_FACTOR 3
 #define CGRU_SPIN_AFTER_ASK_NS 2000000.0
 #define CGRU_NAP_NS 500000.0
@@ -82,6 +84,7 @@ typedef struct {
     _Alignas(64) atomic_uint release;   /* futex word: generation << 16 | 1 + the survivor, or 0 */
     atomic_int sleepers;
     atomic_int stalled;                 /* the team went on alone because a thread was late */
+    atomic_int long_waits;              /* waits past the stall threshold in this call */
     atomic_int passes;                  /* barriers passed, for the test hook */
 } cgru_barrier;
 
@@ -98,6 +101,7 @@ static inline void cgru_barrier_init(cgru_barrier *bar)
     atomic_init(&bar->release, 0u);
     atomic_init(&bar->sleepers, 0);
     atomic_init(&bar->stalled, 0);
+    atomic_init(&bar->long_waits, 0);
     atomic_init(&bar->passes, 0);
 }
 
@@ -180,7 +184,7 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
     double stall = CGRU_STALL_FACTOR * work;
     if (stall < CGRU_STALL_MIN_NS * per_ns) stall = CGRU_STALL_MIN_NS * per_ns;
     const double nap_from = stall + CGRU_SPIN_AFTER_ASK_NS * per_ns;
-    int asked = 0;
+    int counted = 0;
     unsigned now;
     while ((now = atomic_load_explicit(&bar->release, memory_order_acquire)) == before) {
         const double waited = (double)(cgru_ticks() - arrived_at);
@@ -188,9 +192,10 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
             CGRU_PAUSE();
             continue;
         }
-        if (!asked) {
-            cgru_barrier_ask(bar, m->me);
-            asked = 1;
+        if (!counted) {
+            counted = 1;
+            if (atomic_fetch_add_explicit(&bar->long_waits, 1, memory_order_relaxed) >= 1)
+                cgru_barrier_ask(bar, m->me);
         }
         if (waited < nap_from) {
             CGRU_PAUSE();

@@ -154,7 +154,7 @@ void cgru_set_cpus_override(int cpus) { cpus_override = cpus > 0 ? cpus : 0; }
 
 /* ---- reservations ---------------------------------------------------------------------------- */
 
-#define CALM_MIN_NS 50000000u     /* first back-off after a stall: 50 ms */
+#define CALM_MIN_NS 10000000u     /* first back-off after a stall: 10 ms */
 #define CALM_MAX_NS 1000000000u   /* longest back-off: 1 s */
 
 static _Atomic int threads_in_use = 0;       /* threads held by engine calls now running */
