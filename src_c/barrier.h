@@ -24,7 +24,7 @@
  *      so every thread reads the same decision: the asker carries on with every slice of the work
  *      as thread 0 of a team of 1, and the others leave the loop. One stall costs a call one
  *      scheduler delay instead of one per step, and threads.c runs the next calls on one thread
- *      when stalls repeat.
+ *      when stalls repeat over calls.
  *   3. an asker spins on for up to SPIN_AFTER_ASK_NS, to be running when the late thread
  *      arrives, then sleeps on a futex in short naps (the last arriver wakes sleepers, making the
  *      system call only when someone sleeps).

@@ -11,9 +11,10 @@
  *   - other engine calls (other Python threads) already hold the available CPUs: each call then
  *     gets what is left, at least one thread;
  *   - recent calls' teams stalled at a barrier (barrier.h: a thread was descheduled because other
- *     processes share the cores), two calls in a row: calls run on one thread for a back-off
+ *     processes share the cores), three calls in a row: calls run on one thread for a back-off
  *     period that doubles while stalls repeat (up to CALM_MAX_NS) and is probed again after it.
- *     One stall alone (a hiccup of a quiet machine) only costs the call it hit.
+ *     A stall or two (a virtual CPU woken from idle at the start of a burst of calls) only cost
+ *     the calls they hit.
  *
  * fork: GNU OpenMP keeps a pool of worker threads per thread that opened a parallel region, and a
  * child made by fork() inherits the pool's bookkeeping but not its threads, so its first
@@ -184,7 +185,8 @@ static void threads_end(int got, int stalled)
 {
     atomic_fetch_sub_explicit(&threads_in_use, got, memory_order_relaxed);
     if (stalled) atomic_fetch_add_explicit(&stalls_seen, 1, memory_order_relaxed);
-    if (stalled && atomic_fetch_add_explicit(&stalls_in_a_row, 1, memory_order_relaxed) >= 1) {
+    if (stalled && atomic_fetch_add_explicit(&stalls_in_a_row, 1, memory_order_relaxed) >= 2) {
+        /* the third stalled call in a row */
         uint64_t period = atomic_load_explicit(&calm_period, memory_order_relaxed);
         atomic_store_explicit(&calm_until, monotonic_ns() + period, memory_order_relaxed);
         atomic_store_explicit(&calm_period, period * 2 < CALM_MAX_NS ? period * 2 : CALM_MAX_NS,
