@@ -211,3 +211,24 @@ def test_threads_sharing_a_training_gru_each_backpropagate_their_own_forward():
         np.testing.assert_array_equal(a, b)
     for k in expected_grads:
         np.testing.assert_allclose(gru.grads[k], expected_grads[k], rtol=1e-12, atol=1e-12)
+
+
+def test_threads_scoring_at_once_each_use_their_own_workspace():
+    # inference keeps one workspace per Python thread between calls: threads must not share it
+    rng = np.random.default_rng(7)
+    grus = [cgru.GRU(6, 40, num_layers=2, seed=i).eval() for i in range(4)]
+    inputs = [rng.standard_normal((30, 5, 6)).astype(np.float32) for _ in grus]
+    expected = [g(x)[0] for g, x in zip(grus, inputs)]
+    wrong = []
+
+    def worker(i):
+        for _ in range(30):
+            if not np.array_equal(grus[i](inputs[i])[0], expected[i]):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
