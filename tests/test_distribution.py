@@ -39,3 +39,12 @@ def test_the_license_file_matches_the_declared_license():
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         text = f.read()
     assert 'license = "MIT"' in text and 'license-files = ["LICENSE"]' in text
+
+
+def test_the_version_has_one_source():
+    from importlib import metadata
+
+    import cgru
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert 'dynamic = ["version"]' in f.read()
+    assert metadata.version("cgru") == cgru.__version__
