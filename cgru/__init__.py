@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 
 
 def info():
-    """Build and runtime facts: version, OpenMP, threads, build flags, BLAS thread control."""
+    """Build and runtime facts: version, OpenMP, threads, CPUs, fork, build flags, BLAS."""
     return {
         "version": __version__,
         "openmp": _engine.openmp_enabled(),
         "threads": _engine.get_num_threads(),
+        "cpus_available": _engine.cpus_available(),
+        "fork_keeps_threads": _engine.fork_keeps_threads(),
         "build_flags": _engine.BUILD_FLAGS,
         "blas": "scipy.linalg.cython_blas",
         "blas_threads_controlled": _engine.blas_threads_controlled(),

@@ -40,6 +40,7 @@ cdef extern from "cgru.h":
     void cgru_set_panels_mode(int) nogil
     int cgru_cpus_available() nogil
     int cgru_fork_serial() nogil
+    int cgru_fork_keeps_threads() nogil
     long cgru_stalls_seen() nogil
     void cgru_reset_contention() nogil
     void cgru_set_cpus_override(int) nogil
@@ -211,6 +212,11 @@ def cpus_available():
 def fork_serial():
     """True in a fork child whose OpenMP runtime could not be reset: the engine runs serially."""
     return bool(cgru_fork_serial())
+
+
+def fork_keeps_threads():
+    """True when children made by fork() run the engine with threads (see src_c/threads.c)."""
+    return bool(cgru_fork_keeps_threads())
 
 
 def stalls_seen():

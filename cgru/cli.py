@@ -207,7 +207,10 @@ def _info():
     facts = cgru.info()
     print(f"cgru {facts['version']}")
     print(f"OpenMP: {'on' if facts['openmp'] else 'off (the engine runs on one thread)'}")
-    print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS)")
+    print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS); a call runs "
+          f"at most {facts['cpus_available']}, the CPUs this process may use")
+    print("fork: children keep their threads" if facts["fork_keeps_threads"] else
+          "fork: children of a process that used threads run on one thread")
     print(f"build flags: {facts['build_flags']}")
     print("BLAS: SciPy's, through scipy.linalg.cython_blas"
           + ("; held to one thread per engine call" if facts["blas_threads_controlled"] else ""))

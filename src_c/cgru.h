@@ -49,6 +49,8 @@ void cgru_set_num_threads(int n_threads);
 int cgru_cpus_available(void);
 /* 1 in a fork child whose OpenMP runtime could not be reset before the fork: one thread only. */
 int cgru_fork_serial(void);
+/* 1 when this build's OpenMP runtime can be reset before a fork, so that children keep threads. */
+int cgru_fork_keeps_threads(void);
 /* Stalled teams so far, and a reset of the back-off they cause (tests, benchmarks). */
 long cgru_stalls_seen(void);
 void cgru_reset_contention(void);

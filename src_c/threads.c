@@ -221,17 +221,35 @@ void cgru_reset_contention(void)
 
 /* ---- fork ----------------------------------------------------------------------------------- */
 
+/* omp_pause_resource_all is OpenMP 5.0; GCC's libgomp has it from GCC 9 while still reporting
+ * _OPENMP 201511. LLVM's libomp resets itself in a fork child. */
+#if defined(_OPENMP) && (_OPENMP >= 201811 || \
+                         (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 9))
+#define CGRU_PAUSE_BEFORE_FORK 1
+#elif defined(_OPENMP) && defined(__clang__)
+#define CGRU_RUNTIME_SURVIVES_FORK 1
+#endif
+
 static int pool_released_for_fork = 1;
 static int fork_serial = 0;
 
 int cgru_fork_serial(void) { return fork_serial; }
 
+int cgru_fork_keeps_threads(void)
+{
+#if defined(_OPENMP) && !defined(CGRU_PAUSE_BEFORE_FORK) && !defined(CGRU_RUNTIME_SURVIVES_FORK)
+    return 0;  /* children of a process that used threads run serially */
+#else
+    return 1;
+#endif
+}
+
 #if defined(__unix__) || defined(__APPLE__)
 static void before_fork(void)
 {
-#if defined(_OPENMP) && _OPENMP >= 201811
+#if defined(CGRU_PAUSE_BEFORE_FORK)
     pool_released_for_fork = omp_pause_resource_all(omp_pause_hard) == 0;
-#elif defined(_OPENMP)
+#elif defined(_OPENMP) && !defined(CGRU_RUNTIME_SURVIVES_FORK)
     pool_released_for_fork = 0;
 #endif
 }
