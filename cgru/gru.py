@@ -515,9 +515,8 @@ class GRU:
 
         n_threads = _engine.get_num_threads()
         scratch = context["scratch"]
-        inputs = [self.input_size] + [D * H] * (L - 1)
         need = max(_engine.layer_workspace_size(T, B, I, H, self.reset_after, True, n_threads)[1]
-                   for I in inputs)
+                   for I in self._layer_inputs())
         if scratch.size < need:  # the thread count grew since the forward
             scratch = np.empty(need, self.dtype)
         dh0 = np.empty((L * D, B, H), self.dtype)

@@ -1,4 +1,6 @@
-"""Shared helpers: tolerances per dtype and a factory for engine/reference pairs."""
+"""Shared helpers: tolerances per dtype, a factory for engine/reference pairs, Python threads."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,12 @@ def run_engine_and_reference(config, rng, with_h0=True, with_dh_n=True):
     dx_r, dh0_r, grads_r = reference.gru_backward(as64(dy), as64(dh_n), cache)
     ref = {"y": y_r, "h_n": h_n_r, "dx": dx_r, "dh0": dh0_r, **grads_r}
     return engine, ref
+
+
+def run_in_threads(worker, n):
+    """worker(i) for i in range(n), each in its own Python thread, all joined."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

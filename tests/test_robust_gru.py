@@ -9,6 +9,7 @@ import pytest
 import cgru
 import cgru.gru as gru_module
 from cgru import layers, reference
+from conftest import run_in_threads
 
 
 def _reference_forward(gru, x, h0=None, lengths=None):
@@ -202,11 +203,7 @@ def test_threads_sharing_a_training_gru_each_backpropagate_their_own_forward():
         y, _ = gru(inputs[i])
         got[i] = gru.backward(np.ones_like(y))[0]
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     for a, b in zip(got, expected_dx):
         np.testing.assert_array_equal(a, b)
     for k in expected_grads:
@@ -226,9 +223,5 @@ def test_threads_scoring_at_once_each_use_their_own_workspace():
             if not np.array_equal(grus[i](inputs[i])[0], expected[i]):
                 wrong.append(i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     assert wrong == []

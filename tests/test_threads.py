@@ -1,11 +1,11 @@
 """Thread control, determinism, and concurrent use from Python threads."""
 import os
-import threading
 
 import numpy as np
 import pytest
 
 import cgru
+from conftest import run_in_threads
 
 
 @pytest.fixture
@@ -97,11 +97,7 @@ def test_two_python_threads_running_independent_grus_get_correct_results():
             if not all(np.array_equal(a, b) for a, b in zip(got, expected[i])):
                 failures.append(i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 2)
     assert failures == []
 
 
@@ -147,11 +143,7 @@ def test_results_do_not_depend_on_how_many_threads_contention_left(cpus):
     def worker(i):
         results[i] = _train_step(cgru.GRU(24, 67, num_layers=2, reset_after=False, seed=5), x)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     for got in results:
         for a, b in zip(alone, got):
             np.testing.assert_array_equal(a, b)
