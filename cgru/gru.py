@@ -443,7 +443,10 @@ class GRU:
         y = np.empty((T, B, D * H), self.dtype) if with_outputs else None
         h_n = np.empty((L * D, B, H), self.dtype)
         whole_batch = batch == B
-        buffers = [np.empty(steps * batch * D * H, self.dtype) for _ in range(2 if L > 1 else 1)]
+        # layers whose output goes to a buffer: all below the top, and the top unless it writes
+        # y in place; each reads only the buffer below it, so two alternate
+        writers = L - 1 + (0 if with_outputs and whole_batch else 1)
+        buffers = [np.empty(steps * batch * D * H, self.dtype) for _ in range(min(2, writers))]
         for b0 in range(0, B, batch):
             b1 = min(B, b0 + batch)
             h_block = h_n[:, b0:b1] if whole_batch else np.empty((L * D, b1 - b0, H), self.dtype)
@@ -459,7 +462,7 @@ class GRU:
                     if layer == L - 1 and with_outputs and whole_batch:
                         out = y[t0:t1]  # contiguous: the engine writes the answer in place
                     else:
-                        out = buffers[layer % len(buffers)][:np.prod(shape)].reshape(shape)
+                        out = buffers[layer % 2][:np.prod(shape)].reshape(shape)
                     for d in range(D):
                         w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in self._names(layer, d))
                         state = layer * D + d
