@@ -112,7 +112,7 @@ class EarlyStopping(_Monitor):
 class ModelCheckpoint(_Monitor):
     """Saves the model (`model.save`, atomic) after each epoch, or with save_best_only=True only
     when `monitor` improved; `filepath` may hold `{epoch}` and log names, e.g.
-    'model-{epoch:03d}.npz'."""
+    'model-{epoch:03d}.npz'. In a distributed fit, rank 0 alone writes."""
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
                  include_optimizer=True):
@@ -128,5 +128,7 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(value):
                 return
             self.best = value
+        if not self.model._writes_files():  # a distributed fit saves on rank 0 only
+            return
         path = self.filepath.format(epoch=epoch + 1, **logs)
         self.model.save(path, include_optimizer=self.include_optimizer)

@@ -24,11 +24,17 @@ _thread_workspaces = threading.local()
 PREFERRED_BATCH_BLOCK = 256
 
 
+# True once the user called set_num_threads: defaults chosen elsewhere (distributed fit) yield
+_threads_set_by_user = False
+
+
 def set_num_threads(n):
     """Set the number of threads every engine call uses (OpenMP). Overrides OMP_NUM_THREADS."""
+    global _threads_set_by_user
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
     _engine.set_num_threads(int(n))
+    _threads_set_by_user = True
 
 
 def get_num_threads():

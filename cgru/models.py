@@ -69,6 +69,8 @@ class Sequential:
         self.loss = None
         self.metric_names = []
         self.stop_training = False
+        self._replicas = None      # during a distributed fit: the ranks (cgru.distributed)
+        self._dropout_rng = None   # during a distributed fit: this rank's dropout generator
         for layer in layers or []:
             self.add(layer)
 
@@ -203,7 +205,9 @@ class Sequential:
     def _forward(self, x, training, dropout=None):
         """Through every layer; training keeps what backward needs and, unless dropout=False,
         applies dropout (layers get no generator when dropout is off)."""
-        rng = self.rng if (training if dropout is None else dropout) else None
+        rng = None
+        if training if dropout is None else dropout:
+            rng = self.rng if self._dropout_rng is None else self._dropout_rng
         for layer in self.layers:
             x = layer.forward(x, training, rng)
         return x
@@ -307,6 +311,28 @@ class Sequential:
         self.optimizer.apply(self.trainable_weights, self._gradients)
         return loss, out
 
+    def _train_share(self, x, y, batch, shuffle, replicas, metrics):
+        """One update from the global batch `batch` (indices into x, y): this rank's share
+        forward and backward, the gradients summed over the ranks, the same update everywhere.
+        Returns the global batch's loss."""
+        mine = replicas.share(batch)
+        loss = 0.0
+        if len(mine):
+            xb, yb = _take(x, y, mine, shuffle)
+            loss, out = self._backpropagate(xb, yb)
+            for m in metrics:
+                m.update(yb, out)
+        else:  # a short last batch left this rank nothing: it adds zeros
+            for layer in self.layers:
+                layer.zero_grad()
+        loss = replicas.sum_gradients(self._gradients, len(mine) / len(batch), loss)
+        self.optimizer.apply(self.trainable_weights, self._gradients)
+        return loss
+
+    def _writes_files(self):
+        """False on the ranks other than 0 during a distributed fit: checkpoints are rank 0's."""
+        return self._replicas is None or self._replicas.is_root
+
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """{'loss': ..., metric: ...} over x, y in inference mode."""
         self._require_compiled("evaluate")
@@ -315,23 +341,37 @@ class Sequential:
         y = self._targets(y, len(x))
         return self._evaluate(x, y, _positive_int(batch_size, "batch_size"))
 
-    def _evaluate(self, x, y, batch_size):
+    def _evaluate(self, x, y, batch_size, replicas=None):
+        """{'loss': ..., metric: ...} over x, y; with `replicas`, each rank evaluates its share
+        and the totals are summed over the ranks."""
         metrics = [_metrics.get(m, self.loss) for m in self.metric_names]
-        total = 0.0
+        if replicas is not None:
+            start, stop = replicas.share_range(len(x))
+            x, y = x[start:stop], y[start:stop]
+        total, count = 0.0, len(x)
         for i in range(0, len(x), batch_size):
             out = self._forward(x[i:i + batch_size], False)
             total += self.loss(y[i:i + batch_size], out) * len(out)
             for m in metrics:
                 m.update(y[i:i + batch_size], out)
-        return {"loss": total / len(x), **{m.name: m.result() for m in metrics}}
+        if replicas is not None:
+            total, count = replicas.sum_metrics(metrics, (total, count))
+        return {"loss": total / count, **{m.name: m.result() for m in metrics}}
 
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            distributed=False):
         """Train for `epochs` passes over (x, y); returns a `cgru.callbacks.History`.
 
         validation_split takes the last fraction of the samples (before shuffling, as Keras);
         validation_data=(x_val, y_val) gives them explicitly. verbose: 0 silent, 1 a progress bar
         per epoch (tqdm), 2 one line per epoch.
+
+        distributed=True: synchronous data-parallel training over MPI. Run the script under
+        `mpiexec -n N`, every rank passing the same data; `batch_size` is the global batch,
+        shared between the ranks, and every rank ends with the weights one process would have
+        reached on the same batches (see `cgru.distributed`). Progress is shown on rank 0 only.
+        Outside mpiexec it trains in this process alone.
         """
         self._require_compiled("fit")
         x = self._inputs(x)
@@ -367,7 +407,37 @@ class Sequential:
         self._build_for(x)
         if x_val is not None:
             self._build_for(x_val)
+        replicas = None
+        if distributed:
+            from . import distributed as _distributed
+            replicas = _distributed.Replicas()
+            if replicas.size == 1:
+                replicas = None
+        if replicas is None:
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, x_val, y_val,
+                             shuffle, initial_epoch, None)
+        from .distributed import DriftError
+        try:
+            replicas.broadcast_state(self)
+            self._replicas = replicas
+            # seeded from the shared generator's state without drawing from it: the
+            # permutations stay those of a fit in one process
+            shared_state = self.rng.bit_generator.state["state"]["state"]
+            self._dropout_rng = np.random.default_rng([shared_state, replicas.rank])
+            return self._fit(x, y, batch_size, epochs, verbose if replicas.is_root else 0,
+                             callbacks, x_val, y_val, shuffle, initial_epoch, replicas)
+        except DriftError:
+            raise  # raised on every rank at once: nobody waits
+        except BaseException as error:
+            replicas.abort(error)
+            raise
+        finally:
+            self._replicas = self._dropout_rng = None
 
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, x_val, y_val, shuffle,
+             initial_epoch, replicas):
+        """fit's loop over epochs and batches, on checked arrays; with `replicas`, this rank
+        trains on its share of every batch and the ranks sum gradients and totals."""
         history = _callbacks.History()
         all_callbacks = [history] + list(callbacks or [])
         for cb in all_callbacks:
@@ -387,21 +457,24 @@ class Sequential:
             loss_sum = 0.0
             for b in range(n_batches):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                if shuffle:
-                    xb, yb = x[idx], y[idx]
+                if replicas is None:
+                    xb, yb = _take(x, y, idx, shuffle)
+                    loss, out = self._train_step(xb, yb)
+                    for m in metrics:
+                        m.update(yb, out)
                 else:
-                    xb, yb = x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1]
-                loss, out = self._train_step(xb, yb)
+                    loss = self._train_share(x, y, idx, shuffle, replicas, metrics)
                 loss_sum += loss * len(idx)
-                for m in metrics:
-                    m.update(yb, out)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / min(n, (b + 1) * batch_size):.4g}",
                                     refresh=False)
+            if replicas is not None:
+                replicas.sum_metrics(metrics)
+                replicas.check_in_sync(self, epoch)
             logs = {"loss": loss_sum / n, **{m.name: m.result() for m in metrics}}
             if x_val is not None:
-                val = self._evaluate(x_val, y_val, batch_size)
+                val = self._evaluate(x_val, y_val, batch_size, replicas)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=True)
@@ -411,6 +484,8 @@ class Sequential:
                       " - ".join(f"{k}: {v:.4g}" for k, v in logs.items()), file=sys.stderr)
             for cb in all_callbacks:
                 cb.on_epoch_end(epoch, logs)
+            if replicas is not None:
+                self.stop_training = replicas.any(self.stop_training)
             if self.stop_training:
                 break
         for cb in all_callbacks:
@@ -962,6 +1037,13 @@ def _fsync_directory(directory):
 def _shape_fits(declared, actual):
     return len(declared) == len(actual) and all(d is None or d == a
                                                 for d, a in zip(declared, actual))
+
+
+def _take(x, y, idx, shuffled):
+    """The samples idx of x and y: gathered when shuffled, else the slice idx spans."""
+    if shuffled:
+        return x[idx], y[idx]
+    return x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1]
 
 
 def _positive_int(value, name):

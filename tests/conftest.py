@@ -19,9 +19,11 @@ def assert_close(actual, expected, dtype, what=""):
 
 @pytest.fixture(autouse=True)
 def restore_threads():
-    before = cgru.get_num_threads()
+    """Every test starts with the thread count, and the user's choice of it, left as found."""
+    before, chosen = cgru.get_num_threads(), cgru.gru._threads_set_by_user
     yield
-    cgru.set_num_threads(before)
+    cgru._engine.set_num_threads(before)
+    cgru.gru._threads_set_by_user = chosen
 
 
 def run_engine_and_reference(config, rng, with_h0=True, with_dh_n=True):
