@@ -188,8 +188,10 @@ def main():
     sys.path.insert(0, HERE)
     import contention
     import memory as scoring
+    import scaleout
     company = contention.table(contention.measure())
     scoring_memory = scoring.table()
+    dask_scoring, mpi_training = scaleout.tables()
     text = f"""# Benchmarks
 
 Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites this file).
@@ -244,6 +246,22 @@ busy cores, a 1-thread call is itself delayed whenever the scheduler hands its c
 process: compare the 2-thread rows with the 1-thread ones.
 
 {company}
+
+## Beyond one machine: Dask scoring and MPI training, on this machine
+
+bench/scaleout.py. Dask: series per second scoring {scaleout.SERIES:,} series (T={scaleout.STEPS},
+F={scaleout.FEATURES}, GRU({scaleout.UNITS}) + Dense(1), chunks of {scaleout.CHUNK:,}) with
+`cgru.dask.predict` on a LocalCluster of worker processes (1 thread each, as Dask's nanny sets
+OMP_NUM_THREADS=1), the input persisted on the workers, against `model.predict` in one process.
+
+{dask_scoring}
+
+MPI: samples per second of `fit(distributed=True)` (T={scaleout.T}, global batch
+{scaleout.GLOBAL_BATCH}, I={scaleout.I}, H={scaleout.H}, GRU + Dense, Adam), each configuration
+its own `mpiexec` job, the median epoch after a warm-up one; the allreduce of the gradients is
+one call per step.
+
+{mpi_training}
 """
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write(text)
