@@ -123,6 +123,7 @@ def measure_scoring():
     results = [("direct model.predict", 0, cgru.get_num_threads(),
                 SERIES / _median_seconds(lambda: model.predict(x)))]
     del x
+    environment = dict(os.environ)  # a LocalCluster leaves OMP_NUM_THREADS=1 in it
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
@@ -134,6 +135,8 @@ def measure_scoring():
             seconds = _median_seconds(lambda: scores.compute())
             results.append((f"Dask, {workers} worker{'s' if workers > 1 else ''}", workers,
                             max(threads.values()), SERIES / seconds))
+    os.environ.clear()
+    os.environ.update(environment)
     return results
 
 

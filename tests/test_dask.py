@@ -64,12 +64,17 @@ class RecordingGRU(cgru.GRU):
 
 @pytest.fixture(scope="module")
 def client():
+    # a LocalCluster writes its nanny's settings (OMP_NUM_THREADS=1, ...) into this process's
+    # environment, where later tests' subprocesses would inherit them: put it back afterwards
+    environment = dict(os.environ)
     cluster = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
                                        dashboard_address=None)
     client = distributed.Client(cluster)
     yield client
     client.close()
     cluster.close()
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 # ---- dask stays optional ----------------------------------------------------------------------

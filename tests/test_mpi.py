@@ -28,6 +28,7 @@ TIME_LIMIT_S = 240
 def _run(args, cwd=ROOT, limit=TIME_LIMIT_S):
     """(returncode, output, seconds) of a command in its own process group, killed at `limit`."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("OMP_NUM_THREADS", None)  # each rank's default threads are part of what is tested
     start = time.monotonic()
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
