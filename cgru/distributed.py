@@ -97,6 +97,26 @@ class Replicas:
 
     # ---- start: one model on every rank -------------------------------------------------------
 
+    def check_same_call(self, arrays, settings):
+        """Raise ValueError on every rank unless every rank called fit with the same settings
+        and the same data: shapes, dtypes and a checksum of (up to) 64 samples of each array,
+        cheap on any data size. Different data would train different batches on each rank."""
+        facts = [repr(sorted(settings.items()))]
+        for name, a in arrays.items():
+            if a is None:
+                facts.append(f"{name}: none")
+                continue
+            sample = np.ascontiguousarray(a[::max(1, len(a) // 64)])
+            facts.append(f"{name}: {a.dtype}{a.shape} crc {zlib.crc32(sample.view(np.uint8))}")
+        every = self.comm.allgather(facts)
+        differ = [r for r, f in enumerate(every) if f != every[0]]
+        if differ:
+            first = differ[0]
+            what = next(i for i, (a, b) in enumerate(zip(every[0], every[first])) if a != b)
+            raise ValueError(f"distributed fit: every rank must pass the same data and settings; "
+                             f"rank(s) {differ} differ from rank 0 (rank {first}: "
+                             f"{every[first][what]!r:.200}, rank 0: {every[0][what]!r:.200})")
+
     def broadcast_state(self, model):
         """Rank 0's weights, optimizer state and random state onto every rank."""
         state = None

@@ -416,6 +416,10 @@ class Sequential:
         if replicas is None:
             return self._fit(x, y, batch_size, epochs, verbose, callbacks, x_val, y_val,
                              shuffle, initial_epoch, None)
+        replicas.check_same_call(
+            {"x": x, "y": y, "validation x": x_val, "validation y": y_val},
+            {"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle),
+             "initial_epoch": initial_epoch})
         from .distributed import DriftError
         try:
             replicas.broadcast_state(self)

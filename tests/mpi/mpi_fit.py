@@ -169,6 +169,22 @@ def test_weights_that_drift_apart_raise_on_every_rank():
                     distributed=True)
 
 
+@pytest.mark.parametrize("difference", ["fewer samples", "other values", "other batch size"])
+def test_ranks_given_different_data_or_settings_are_told_so(difference):
+    x, y = data()
+    batch_size = 16
+    if COMM.Get_rank() == 1:
+        if difference == "fewer samples":
+            x, y = x[:-1], y[:-1]
+        elif difference == "other values":
+            x = x[::-1].copy()
+        else:
+            batch_size = 8
+    with pytest.raises(ValueError, match=r"every rank must pass the same data and settings; "
+                                         r"rank\(s\) \[1\] differ from rank 0"):
+        model().fit(x, y, batch_size=batch_size, epochs=1, verbose=0, distributed=True)
+
+
 @pytest.mark.skipif("OMP_NUM_THREADS" in os.environ, reason="OMP_NUM_THREADS chooses the threads")
 def test_each_rank_runs_its_share_of_the_node_cores():
     node = COMM.Split_type(MPI.COMM_TYPE_SHARED)
