@@ -3,8 +3,9 @@ and Keras-style models (`cgru.Sequential`, `cgru.layers`, ...) for training on i
 from . import _engine
 from . import callbacks, initializers, layers, losses, metrics, optimizers, schedules
 from .gru import GRU, get_num_threads, set_num_threads
-from .models import Sequential, load_model
-from . import models
+from .graph import Input
+from .models import Model, Sequential, load_model
+from . import models, saving
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ def info():
     }
 
 
-__all__ = ["GRU", "Sequential", "load_model", "get_num_threads", "set_num_threads", "info",
+__all__ = ["GRU", "Input", "Model", "Sequential", "load_model", "get_num_threads",
+           "set_num_threads", "info",
            "__version__", "callbacks", "initializers", "layers", "losses", "metrics", "models",
-           "optimizers", "schedules"]
+           "optimizers", "saving", "schedules"]

@@ -6,10 +6,11 @@ happens in C.
 """
 import sys
 import threading
+import warnings
 
 import numpy as np
 
-from . import _engine
+from . import _checks, _engine
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -31,9 +32,7 @@ _threads_set_by_user = False
 def set_num_threads(n):
     """Set the number of threads every engine call uses (OpenMP). Overrides OMP_NUM_THREADS."""
     global _threads_set_by_user
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
-    _engine.set_num_threads(int(n))
+    _engine.set_num_threads(_checks.positive_int(n, "n", "set_num_threads"))
     _threads_set_by_user = True
 
 
@@ -57,10 +56,34 @@ def _contiguous(a):
     return np.require(a, requirements=["C", "A"])
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+class _Parameter:
+    """The class attribute behind `gru.weight_ih_l0` (and every other parameter name): reading
+    it gives the live array `gru.params[name]`, assigning it copies into that array (checked:
+    GRU._assign_parameter), deleting it is refused."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    @classmethod
+    def register(cls, names):
+        """Make each of `names` a parameter attribute of GRU (once per name)."""
+        for name in names:
+            if not isinstance(GRU.__dict__.get(name), cls):
+                setattr(GRU, name, cls(name))
+
+    def __get__(self, gru, owner=None):
+        if gru is None:
+            return self
+        return gru._parameter(self.name)
+
+    def __set__(self, gru, value):
+        gru._assign_parameter(self.name, value)
+
+    def __delete__(self, gru):
+        raise AttributeError(f"GRU: parameter {self.name!r} cannot be deleted: the architecture "
+                             f"is fixed at construction (bias=False builds a GRU without biases)")
 
 
 class GRU:
@@ -79,15 +102,34 @@ class GRU:
     Shapes: x (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
     unbatched; h0 and h_n (num_layers * D, B, hidden_size); y (T, B, D * hidden_size), with D = 2
     when bidirectional.
+
+    Parameters, as in torch: `params` holds the live arrays under PyTorch's names
+    (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, then the _reverse direction, then the
+    next layer), which `named_parameters()` and `parameters()` iterate in that order and which are
+    attributes too (`gru.weight_ih_l0`). Changing one of these arrays in place changes the GRU.
+    Assigning an attribute (`gru.weight_ih_l0 = w`) copies w into the parameter, cast to the
+    GRU's dtype, after checking it: a ValueError names the parameter, the expected shape and w's
+    (torch instead refuses a plain tensor and takes only an `nn.Parameter`, which replaces the
+    parameter; cgru has no Parameter type, and copying keeps every reference to the array,
+    an optimizer's or a Keras-style layer's, pointing at the parameter in use).
+
+    `repr` reads as torch's: the two sizes, then every option that differs from its default in
+    torch's order (num_layers, bias, batch_first, dropout, bidirectional), then cgru's own
+    (reset_after, dtype) when they differ from theirs; an option not shown has its default. So a
+    float32 reset_after GRU prints exactly as the torch.nn.GRU of the same options, and the repr
+    is the call that builds a GRU of the same architecture (the weights aside).
+
+    dropout > 0 with num_layers == 1 warns (UserWarning), at construction and when set later, as
+    torch does: the dropout applies between layers, so one layer never uses it.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, reset_after=True, dtype="float32", seed=None):
         # the architecture is fixed at construction (read-only properties below): every
         # parameter shape and the engine's checks follow from it
-        self._input_size = _positive_int(input_size, "input_size")
-        self._hidden_size = _positive_int(hidden_size, "hidden_size")
-        self._num_layers = _positive_int(num_layers, "num_layers")
+        self._input_size = _checks.positive_int(input_size, "input_size", "GRU")
+        self._hidden_size = _checks.positive_int(hidden_size, "hidden_size", "GRU")
+        self._num_layers = _checks.positive_int(num_layers, "num_layers", "GRU")
         try:
             key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
         except TypeError:
@@ -99,7 +141,7 @@ class GRU:
         self._bidirectional = bool(bidirectional)
         self._reset_after = bool(reset_after)
         self.batch_first = batch_first
-        self.dropout = dropout
+        self._set_dropout(dropout, stacklevel=3)
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._init_run_state()
@@ -117,6 +159,7 @@ class GRU:
                         self._rng.uniform(-bound, bound, shape).astype(self.dtype))
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._shapes = {k: v.shape for k, v in self.params.items()}
+        _Parameter.register(self._shapes)
         # step(): parameter names by kind (weight_ih, weight_hh, bias_ih, bias_hh), layer by layer
         self._step_names = tuple(zip(*[self._names(layer, 0) for layer in range(self.num_layers)]))
 
@@ -141,21 +184,28 @@ class GRU:
 
     @batch_first.setter
     def batch_first(self, value):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"batch_first must be True or False, got {value!r}")
-        self._batch_first = bool(value)
+        self._batch_first = _checks.flag(value, "batch_first", "GRU")
 
     @property
     def dropout(self):
-        """Dropout between layers in training mode, a rate in [0, 1)."""
+        """Dropout on the outputs of every layer but the last, in training mode: a rate in
+        [0, 1). With one layer it has nothing to apply to, and setting it > 0 warns (as torch)."""
         return self._dropout
 
     @dropout.setter
     def dropout(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                or not 0.0 <= value < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {value!r}")
-        self._dropout = float(value)
+        # frames above the warning: _set_dropout, this setter, the user's line
+        self._set_dropout(value, stacklevel=3)
+
+    def _set_dropout(self, value, stacklevel):
+        dropout = _checks.rate(value, "dropout", "GRU")
+        if dropout > 0 and self._num_layers == 1:
+            # torch.nn.GRU's warning, word for word
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={self._num_layers}", UserWarning,
+                          stacklevel=stacklevel)
+        self._dropout = dropout
 
     # ---- what a training forward leaves for its backward ----------------------------------------
 
@@ -182,6 +232,67 @@ class GRU:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._init_run_state()
+        _Parameter.register(self._shapes)
+
+    # ---- the parameters as attributes, as torch.nn.GRU has them ---------------------------------
+    # `gru.weight_ih_l0` is a _Parameter descriptor on the class, registered when a GRU with that
+    # parameter is first built or unpickled, rather than a __getattr__: a class with __getattr__
+    # loses CPython's fast attribute lookups, which step() (a few microseconds) would pay for.
+
+    def _parameter(self, name):
+        """`gru.<name>`: the live array params[name], for the parameters this GRU has."""
+        attributes = vars(self)  # not self._shapes: a half-unpickled instance has no attributes
+        if name in attributes.get("_shapes", ()):
+            params = attributes.get("params")
+            if isinstance(params, dict) and name in params:
+                return params[name]
+            raise AttributeError(f"GRU: parameter {name!r} is missing from params (it was "
+                                 f"deleted, or params was replaced)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self):
+        # the class holds the parameter names of every GRU built so far: list this one's
+        names = set(super().__dir__())
+        names = {n for n in names if not isinstance(getattr(GRU, n, None), _Parameter)}
+        return sorted(names | set(vars(self).get("_shapes", ())))
+
+    def _assign_parameter(self, name, value):
+        """`gru.weight_ih_l0 = w`: w, checked, is copied into the live parameter array."""
+        if name not in vars(self).get("_shapes", ()):
+            raise AttributeError(f"GRU: this GRU has no parameter {name!r}; its parameters are "
+                                 f"{list(vars(self).get('_shapes', ()))}")
+        if callable(getattr(value, "detach", None)):  # a torch tensor or nn.Parameter
+            value = value.detach().cpu().numpy()
+        arr = np.asarray(value)
+        if not np.issubdtype(arr.dtype, np.floating):  # as load_state_dict
+            raise TypeError(f"GRU: parameter {name!r} takes a floating-point array, got dtype "
+                            f"{arr.dtype}")
+        expected = self._shapes[name]
+        if arr.shape != expected:
+            raise ValueError(f"GRU: parameter {name!r} has shape {expected}, got an array of "
+                             f"shape {arr.shape}")
+        params = self.params
+        target = params.get(name) if isinstance(params, dict) else None
+        if isinstance(target, np.ndarray) and target.shape == expected \
+                and target.dtype == self.dtype and target.flags.c_contiguous \
+                and target.flags.aligned and target.flags.writeable:
+            target[...] = arr
+        else:  # the entry was replaced by something the engine cannot use: a proper one again
+            params[name] = _aligned(arr.astype(self.dtype))
+
+    def named_parameters(self, prefix="", recurse=True):
+        """(name, array) for every parameter, in torch.nn.GRU's order: weight_ih_l0, weight_hh_l0,
+        bias_ih_l0, bias_hh_l0, their _reverse, then the next layer. The arrays are the live
+        parameters (writing into one changes the GRU). `prefix` is prepended as 'prefix.name';
+        `recurse` is accepted for torch's signature (a GRU has no submodules)."""
+        lead = f"{prefix}." if prefix else ""
+        for name in self._shapes:
+            yield lead + name, self.params[name]
+
+    def parameters(self, recurse=True):
+        """The live parameter arrays, in named_parameters()' order."""
+        for _, value in self.named_parameters():
+            yield value
 
     # ---- PyTorch-style housekeeping -------------------------------------------------------------
 
@@ -230,9 +341,23 @@ class GRU:
             self.params[k][...] = v
 
     def __repr__(self):
-        extra = "" if self.reset_after else ", reset_after=False"
-        return (f"GRU({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dtype={self.dtype.name}{extra})")
+        # torch.nn.GRU's extra_repr (non-default options in its order), then cgru's own options
+        options = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.num_layers != 1:
+            options.append(f"num_layers={self.num_layers}")
+        if not self.bias:
+            options.append("bias=False")
+        if self.batch_first:
+            options.append("batch_first=True")
+        if self.dropout != 0:
+            options.append(f"dropout={self.dropout}")
+        if self.bidirectional:
+            options.append("bidirectional=True")
+        if not self.reset_after:
+            options.append("reset_after=False")
+        if self.dtype != np.float32:
+            options.append(f"dtype='{self.dtype.name}'")
+        return f"{type(self).__name__}({', '.join(options)})"
 
     # ---- validation -----------------------------------------------------------------------------
 
@@ -560,17 +685,31 @@ class GRU:
 
     # ---- streaming ------------------------------------------------------------------------------
 
-    def step(self, x_t, h, out=None):
+    def step(self, x_t, h=None, out=None):
         """One time step through all layers of a unidirectional GRU, for online use.
 
         x_t (B, input_size) and h (num_layers, B, hidden_size), or x_t (input_size,) and h
-        (num_layers, hidden_size). Returns the new state; `out` (h's shape) receives it, and may be
-        h itself. The top layer's output is the returned state's last row.
+        (num_layers, hidden_size); h None (the default) is a zero state, as torch's hx=None.
+        Returns the new state; `out` (h's shape) receives it, and may be h itself. The top
+        layer's output is the returned state's last row.
         """
         if self._bidirectional:
             raise ValueError("step() runs a unidirectional GRU; this one is bidirectional")
+        if h is None:
+            h = self._zero_state(x_t)
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
         # reads the architecture's fields directly: a property costs ~60 ns per access)
         return _engine.gru_step(self.params, self._step_names, x_t, h, out, self._num_layers,
                                 self._input_size, self._hidden_size, self._reset_after,
                                 self._bias, self._dtype)
+
+    def _zero_state(self, x_t):
+        """step()'s zero state for x_t: (num_layers, B, hidden_size), or (num_layers,
+        hidden_size) for one unbatched row."""
+        ndim = np.ndim(x_t)
+        if ndim == 2:
+            return np.zeros((self._num_layers, len(x_t), self._hidden_size), self._dtype)
+        if ndim == 1:
+            return np.zeros((self._num_layers, self._hidden_size), self._dtype)
+        raise ValueError(f"step takes x_t (B, input_size) or (input_size,), got shape "
+                         f"{np.shape(x_t)}")

@@ -7,7 +7,7 @@ seed gives the same weights.
 """
 import numpy as np
 
-from . import _registry
+from . import _checks, _registry
 
 # Standard deviation of a unit normal truncated to [-2, 2]; dividing by it gives the truncated
 # draw the variance asked for (as Keras's variance-scaling initializers do).
@@ -89,9 +89,8 @@ class TruncatedNormal(Initializer):
     """Normal(mean, stddev) with draws beyond two standard deviations redrawn (as Keras)."""
 
     def __init__(self, mean=0.0, stddev=0.05):
-        if not stddev > 0:
-            raise ValueError(f"TruncatedNormal: stddev must be > 0, got {stddev}")
-        self.mean, self.stddev = float(mean), float(stddev)
+        self.mean = float(_checks.number(mean, "mean", "TruncatedNormal"))
+        self.stddev = float(_checks.positive(stddev, "stddev", "TruncatedNormal"))
 
     def sample(self, shape, rng):
         return _truncated_normal(rng, shape, self.mean, self.stddev)

@@ -335,7 +335,7 @@ def _export_sequential(onnx, model):
                 x = g.op("Transpose", [x], perm=[1, 0, 2])
             names = [gru._engine_names(d) for d in range(gru.directions)]
             y, y_h = g.gru(x, gru.params, names, gru.units, gru.reset_after, None)
-            mode = gru.merge_mode if gru.directions == 2 else "concat"
+            mode = layer.merge_mode if isinstance(layer, _layers.Bidirectional) else "concat"
             if gru.return_sequences:
                 x, layout, axis = y, "TBF", 1
             else:

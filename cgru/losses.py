@@ -5,9 +5,11 @@ returns d loss / d y_pred with y_pred's shape. Outputs are (batch, units) or, fo
 (batch, time, units); the loss averages over every position (batch and time) and, for the
 element-wise losses, over units too, as Keras does.
 """
+import math
+
 import numpy as np
 
-from . import _registry
+from . import _checks, _registry
 
 # Keras clips probabilities into [EPSILON, 1 - EPSILON] before taking logs.
 EPSILON = 1e-7
@@ -64,6 +66,57 @@ class MeanAbsoluteError(Loss):
     # d/dp |p - y| = sign(p - y)   (0 at p == y)
     def _pointwise_gradient(self, y, p):
         return np.sign(p - y)
+
+
+class MeanAbsolutePercentageError(Loss):
+    """100 |y - p| / max(|y|, EPSILON), averaged (Keras's mape: a target of 0 counts as EPSILON,
+    so predictions for zero targets weigh in at 1e9 % per unit of error)."""
+
+    name = "mean_absolute_percentage_error"
+
+    def _pointwise(self, y, p):
+        return 100.0 * np.abs(y - p) / np.maximum(np.abs(y), y.dtype.type(EPSILON))
+
+    # d/dp 100 |y - p| / max(|y|, eps) = 100 sign(p - y) / max(|y|, eps)   (0 at p == y)
+    def _pointwise_gradient(self, y, p):
+        return 100.0 * np.sign(p - y) / np.maximum(np.abs(y), y.dtype.type(EPSILON))
+
+
+class Huber(Loss):
+    """With x = p - y: x^2 / 2 where |x| <= delta, delta (|x| - delta / 2) beyond (Keras's
+    huber): quadratic near the target, linear far from it, continuous with its slope."""
+
+    name = "huber_loss"
+
+    def __init__(self, delta=1.0):
+        self.delta = float(_checks.positive(delta, "delta", "Huber"))
+
+    def _pointwise(self, y, p):
+        x = p - y
+        a = np.abs(x)
+        return np.where(a <= self.delta, 0.5 * x * x, self.delta * a - 0.5 * self.delta ** 2)
+
+    # d/dp = x where |x| <= delta, delta sign(x) beyond: x clipped into [-delta, delta]
+    def _pointwise_gradient(self, y, p):
+        return np.clip(p - y, -self.delta, self.delta)
+
+    def get_config(self):
+        return {"delta": self.delta}
+
+
+class LogCosh(Loss):
+    """log(cosh(x)) with x = p - y, computed as Keras does, x + softplus(-2x) - log 2, which never
+    overflows: about x^2 / 2 near the target, |x| - log 2 far from it."""
+
+    name = "log_cosh"
+
+    def _pointwise(self, y, p):
+        x = p - y
+        return x + np.logaddexp(0.0, -2.0 * x) - math.log(2.0)
+
+    # d/dx log(cosh(x)) = tanh(x), and dx/dp = 1
+    def _pointwise_gradient(self, y, p):
+        return np.tanh(p - y)
 
 
 class BinaryCrossentropy(Loss):
@@ -163,6 +216,10 @@ class SparseCategoricalCrossentropy(CategoricalCrossentropy):
 _BY_NAME = {
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
     "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "mape": MeanAbsolutePercentageError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "huber": Huber, "huber_loss": Huber,
+    "log_cosh": LogCosh, "logcosh": LogCosh,
     "binary_crossentropy": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,

@@ -47,6 +47,18 @@ class MeanAbsoluteError(Metric):
         self._count += y_pred.size
 
 
+class MeanAbsolutePercentageError(Metric):
+    """100 |y - p| / max(|y|, 1e-7), averaged (Keras's mape)."""
+
+    name = "mape"
+
+    def update(self, y_true, y_pred):
+        y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
+        scale = np.maximum(np.abs(y_true), y_pred.dtype.type(_losses.EPSILON))
+        self._total += float(np.sum(100.0 * np.abs(y_true - y_pred) / scale, dtype=np.float64))
+        self._count += y_pred.size
+
+
 class BinaryAccuracy(Metric):
     """Share of outputs on the right side of `threshold` (0.5; use 0.0 for logits)."""
 
@@ -87,6 +99,8 @@ _BY_NAME = {
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
     "rmse": RootMeanSquaredError, "root_mean_squared_error": RootMeanSquaredError,
     "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "mape": MeanAbsolutePercentageError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
     "binary_accuracy": BinaryAccuracy, "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
 }

@@ -12,29 +12,13 @@ import math
 
 import numpy as np
 
-from . import _registry, schedules
+from . import _checks, _registry, schedules
 
 
-def _non_negative(value, name, cls):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or value < 0:
-        raise ValueError(f"{cls}: {name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _fraction(value, name, cls):
-    """A decay or momentum factor: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not 0 <= value < 1:
-        raise ValueError(f"{cls}: {name} must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _optional_positive(value, name, cls):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or value <= 0:
-        raise ValueError(f"{cls}: {name} must be a number > 0 or None, got {value!r}")
-    return float(value)
+def _optional_float(value, name, cls):
+    """A clipping threshold or an epsilon: a number > 0, as a float, or None."""
+    value = _checks.positive(value, name, cls, optional=True)
+    return None if value is None else float(value)
 
 
 class Optimizer:
@@ -46,15 +30,15 @@ class Optimizer:
         if isinstance(learning_rate, schedules.LearningRateSchedule):
             self.learning_rate = learning_rate
         else:
-            if isinstance(learning_rate, bool) or \
-                    not isinstance(learning_rate, (int, float, np.floating)) or learning_rate <= 0:
+            try:
+                self.learning_rate = float(_checks.positive(learning_rate, "learning_rate", cls))
+            except ValueError:
                 raise ValueError(f"{cls}: learning_rate must be a number > 0 or a schedule, got "
-                                 f"{learning_rate!r}")
-            self.learning_rate = float(learning_rate)
-        self.weight_decay = _non_negative(weight_decay, "weight_decay", cls)
-        self.clipnorm = _optional_positive(clipnorm, "clipnorm", cls)
-        self.clipvalue = _optional_positive(clipvalue, "clipvalue", cls)
-        self.global_clipnorm = _optional_positive(global_clipnorm, "global_clipnorm", cls)
+                                 f"{learning_rate!r}") from None
+        self.weight_decay = float(_checks.non_negative(weight_decay, "weight_decay", cls))
+        self.clipnorm = _optional_float(clipnorm, "clipnorm", cls)
+        self.clipvalue = _optional_float(clipvalue, "clipvalue", cls)
+        self.global_clipnorm = _optional_float(global_clipnorm, "global_clipnorm", cls)
         if self.clipnorm is not None and self.global_clipnorm is not None:
             raise ValueError(f"{cls}: give clipnorm or global_clipnorm, not both")
         self.iterations = 0
@@ -145,7 +129,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        self.momentum = _fraction(momentum, "momentum", "SGD")
+        self.momentum = _checks.rate(momentum, "momentum", "SGD")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
@@ -178,9 +162,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)
-        self.beta_1 = _fraction(beta_1, "beta_1", "Adam")
-        self.beta_2 = _fraction(beta_2, "beta_2", "Adam")
-        self.epsilon = _optional_positive(epsilon, "epsilon", "Adam")
+        self.beta_1 = _checks.rate(beta_1, "beta_1", "Adam")
+        self.beta_2 = _checks.rate(beta_2, "beta_2", "Adam")
+        self.epsilon = _optional_float(epsilon, "epsilon", "Adam")
 
     def _update(self, param, grad, lr, slots):
         t = self.iterations  # already counts this update
@@ -204,9 +188,9 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
                  **kwargs):
         super().__init__(learning_rate, **kwargs)
-        self.rho = _fraction(rho, "rho", "RMSprop")
-        self.momentum = _fraction(momentum, "momentum", "RMSprop")
-        self.epsilon = _optional_positive(epsilon, "epsilon", "RMSprop")
+        self.rho = _checks.rate(rho, "rho", "RMSprop")
+        self.momentum = _checks.rate(momentum, "momentum", "RMSprop")
+        self.epsilon = _optional_float(epsilon, "epsilon", "RMSprop")
         self.centered = bool(centered)
         self.slot_names = ("velocity",) + (("average_grad",) if self.centered else ()) + \
             (("momentum",) if self.momentum else ())

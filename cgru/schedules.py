@@ -5,7 +5,7 @@ size b is ceil(N / b) updates.
 """
 import math
 
-from . import _registry
+from . import _checks, _registry
 
 
 class LearningRateSchedule:
@@ -17,21 +17,15 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({args})"
 
 
-def _positive(value, name, cls):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{cls}: {name} must be a number > 0, got {value!r}")
-    return value
-
-
 class ExponentialDecay(LearningRateSchedule):
     """initial_learning_rate * decay_rate ** (step / decay_steps); with staircase=True the exponent
     is floored, which makes it a step decay (as Keras)."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate = float(_positive(initial_learning_rate,
-                                                     "initial_learning_rate", "ExponentialDecay"))
-        self.decay_steps = _positive(decay_steps, "decay_steps", "ExponentialDecay")
-        self.decay_rate = float(_positive(decay_rate, "decay_rate", "ExponentialDecay"))
+        self.initial_learning_rate = float(_checks.positive(
+            initial_learning_rate, "initial_learning_rate", "ExponentialDecay"))
+        self.decay_steps = _checks.positive(decay_steps, "decay_steps", "ExponentialDecay")
+        self.decay_rate = float(_checks.positive(decay_rate, "decay_rate", "ExponentialDecay"))
         self.staircase = bool(staircase)
 
     def __call__(self, step):
@@ -46,12 +40,10 @@ class StepDecay(LearningRateSchedule):
     every `step_size` updates (PyTorch's StepLR, counted in updates)."""
 
     def __init__(self, initial_learning_rate, step_size, factor=0.5):
-        self.initial_learning_rate = float(_positive(initial_learning_rate,
-                                                     "initial_learning_rate", "StepDecay"))
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"StepDecay: step_size must be an integer >= 1, got {step_size!r}")
-        self.step_size = step_size
-        self.factor = float(_positive(factor, "factor", "StepDecay"))
+        self.initial_learning_rate = float(_checks.positive(
+            initial_learning_rate, "initial_learning_rate", "StepDecay"))
+        self.step_size = _checks.positive_int(step_size, "step_size", "StepDecay")
+        self.factor = float(_checks.positive(factor, "factor", "StepDecay"))
 
     def __call__(self, step):
         return self.initial_learning_rate * self.factor ** (step // self.step_size)

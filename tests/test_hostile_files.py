@@ -371,7 +371,7 @@ NAN = float("nan")
     (set_key("dtype", "int8"), "dtype must be 'float32' or 'float64'"),
     (set_key("input_shape", "5,3"), "input_shape must be"),
     (set_key("input_shape", []), "input_shape must be"),
-    (set_key("input_shape", [5, None]), "input_shape must be"),
+    (set_key("input_shape", [5, None]), "input_shape must give the sizes the weights depend on"),
     (set_key("input_shape", [5, -3]), "input_shape must be"),
     (set_key("input_shape", [NAN, 3]), "not JSON (NaN is not a JSON number)"),
     (set_key("input_shape", [float("inf"), 3]), "not JSON (Infinity is not a JSON number)"),

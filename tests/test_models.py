@@ -89,7 +89,7 @@ def test_small_model_overfits_a_small_data_set():
     model.compile(optimizers.Adam(0.01), "mse")
     history = model.fit(x, y, epochs=300, batch_size=16, verbose=0)
     assert history.history["loss"][-1] < 1e-3 < history.history["loss"][0]
-    assert model.evaluate(x, y)["loss"] < 1e-3
+    assert model.evaluate(x, y, return_dict=True)["loss"] < 1e-3
 
 
 def test_same_seed_trains_the_same_model_bit_for_bit():
@@ -124,7 +124,7 @@ def test_history_has_losses_metrics_and_validation_per_epoch():
     assert sorted(history.history) == ["loss", "mae", "rmse", "val_loss", "val_mae", "val_rmse"]
     assert all(len(v) == 3 for v in history.history.values()) and history.epoch == [0, 1, 2]
     # validation_split holds out the last 20 % (10 samples), as Keras
-    val = model.evaluate(x[-10:], y[-10:])
+    val = model.evaluate(x[-10:], y[-10:], return_dict=True)
     assert history.history["val_loss"][-1] == pytest.approx(val["loss"])
     assert history.history["val_rmse"][-1] == pytest.approx(val["rmse"])
     assert val["rmse"] == pytest.approx(np.sqrt(val["loss"]))  # the loss is the mse
@@ -154,7 +154,7 @@ def test_early_stopping_stops_and_restores_the_best_weights():
                         verbose=0)
     assert len(history.epoch) < 100 and stopper.stopped_epoch is not None
     best = min(history.history["val_loss"])
-    assert model.evaluate(xv, yv)["loss"] == pytest.approx(best, rel=1e-5)
+    assert model.evaluate(xv, yv, return_dict=True)["loss"] == pytest.approx(best, rel=1e-5)
 
 
 def test_model_checkpoint_keeps_the_best_epoch(tmp_path):
@@ -166,7 +166,7 @@ def test_model_checkpoint_keeps_the_best_epoch(tmp_path):
     history = model.fit(x, y, epochs=8, validation_split=0.3, verbose=0,
                         callbacks=[callbacks.ModelCheckpoint(path, save_best_only=True)])
     best = cgru.load_model(path)
-    assert best.evaluate(x[-9:], y[-9:])["loss"] == pytest.approx(
+    assert best.evaluate(x[-9:], y[-9:], return_dict=True)["loss"] == pytest.approx(
         min(history.history["val_loss"]), rel=1e-5)
 
 
@@ -187,7 +187,7 @@ def test_monitoring_a_quantity_fit_does_not_report_says_so():
     (lambda m: m.fit(np.zeros((4, 3, 2)), np.zeros((4, 1)), validation_split=1.5),
      "validation_split"),
     (lambda m: m.fit(np.zeros((4, 3, 2)), np.zeros((4, 2)), verbose=0), r"shape \(4, 1\)"),
-    (lambda m: m.predict(np.zeros((4, 3, 5))), r"Input declares \(batch, None, 2\)"),
+    (lambda m: m.predict(np.zeros((4, 3, 5))), r"x must have shape \(batch, None, 2\), got \(4, 3, 5\)"),
     (lambda m: m.fit(np.array([["a"]]), np.zeros(1)), "numeric"),
 ])
 def test_bad_input_raises_a_clear_error(call, message):

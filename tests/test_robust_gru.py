@@ -121,7 +121,7 @@ def test_the_architecture_cannot_be_changed_after_construction(attribute):
 
 
 def test_batch_first_and_dropout_stay_settable_and_checked():
-    gru = cgru.GRU(3, 8)
+    gru = cgru.GRU(3, 8, num_layers=2)  # dropout applies between layers (one layer warns)
     gru.batch_first = True
     gru.dropout = 0.25
     assert gru.batch_first and gru.dropout == 0.25

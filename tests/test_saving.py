@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cgru
-from cgru import layers, models, optimizers
+from cgru import layers, models, optimizers, saving
 
 
 def make_model(seed=0):
@@ -90,7 +90,7 @@ def test_a_crash_while_saving_leaves_the_previous_file_intact(tmp_path, data, mo
         file.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.np, "savez", crash_midway)
+    monkeypatch.setattr(saving.np, "savez", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         model.save(path)
     assert path.read_bytes() == before
@@ -212,7 +212,7 @@ def leftover(directory, name, age_s):
 
 
 def test_a_save_removes_the_temporaries_of_writers_that_are_provably_dead(tmp_path):
-    host, hour = models._host(), 3600
+    host, hour = saving._host(), 3600
     gone = [leftover(tmp_path, f".cgru-save-{host}-{dead_pid()}-abc123.tmp", hour),
             leftover(tmp_path, ".cgru-save-abc123.tmp", 25 * hour),            # unnamed writer
             leftover(tmp_path, ".cgru-save-otherhost-12-abc123.tmp", 25 * hour)]
@@ -236,20 +236,20 @@ def test_a_save_removes_the_temporaries_of_writers_that_are_provably_dead(tmp_pa
 def test_the_leftover_of_a_save_killed_with_sigkill_goes_at_the_next_save(tmp_path):
     code = f"""
 import os, signal, cgru
-from cgru import models
+from cgru import models, saving
 def die_midway(file, **arrays):
     file.write(b"PK\\x03\\x04 half a zip")
     file.flush()
     os.kill(os.getpid(), signal.SIGKILL)
-models.np.savez = die_midway
+saving.np.savez = die_midway
 model = cgru.Sequential([cgru.layers.Input((4, 2)), cgru.layers.GRU(3)])
 model.save({str(tmp_path / "m.npz")!r})
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert result.returncode == -signal.SIGKILL
     stray = [p for p in tmp_path.iterdir() if p.name.startswith(".cgru-save-")]
-    assert len(stray) == 1 and f"-{models._host()}-" in stray[0].name
-    then = time.time() - models.QUIET_S - 60
+    assert len(stray) == 1 and f"-{saving._host()}-" in stray[0].name
+    then = time.time() - saving.QUIET_S - 60
     os.utime(stray[0], (then, then))
     model = make_model()
     model.build((None, 9, 3))
@@ -265,7 +265,7 @@ def test_save_flushes_the_file_and_then_its_directory(tmp_path, monkeypatch):
         synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(models.os, "fsync", fsync)
+    monkeypatch.setattr(saving.os, "fsync", fsync)
     model = make_model()
     model.build((None, 9, 3))
     model.save(tmp_path / "m.npz")
