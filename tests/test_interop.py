@@ -164,7 +164,6 @@ def test_cgru_trained_model_runs_in_keras(keras):
 @pytest.mark.parametrize("make, message", [
     (lambda k: k.layers.GRU(4, activation="relu"), "activation='relu'"),
     (lambda k: k.layers.GRU(4, recurrent_activation="hard_sigmoid"), "recurrent_activation"),
-    (lambda k: k.layers.GRU(4, go_backwards=True), "go_backwards"),
     (lambda k: k.layers.GRU(4, recurrent_dropout=0.2), "recurrent_dropout"),
     (lambda k: k.layers.Dense(4, activation="gelu"), "activation='gelu'"),
     (lambda k: k.layers.LSTM(4), "LSTM"),

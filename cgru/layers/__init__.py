@@ -5,8 +5,9 @@
 - `core`: Dense, Dropout, Embedding, Masking, TimeDistributed.
 - `merging`: Concatenate, Add.
 """
+from ..conventions import swap_gate_blocks
 from ..graph import Input
-from .base import MAX_UNITS, Layer, swap_gate_blocks
+from .base import MAX_UNITS, Layer
 from .core import ACTIVATIONS, Dense, Dropout, Embedding, Masking, TimeDistributed
 from .merging import Add, Concatenate
 from .recurrent import GRU, Bidirectional

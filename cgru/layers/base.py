@@ -275,11 +275,3 @@ def _eager_mask(mask, x):
                          f"dtype {m.dtype} shape {m.shape}")
     return m.astype(bool)
 
-
-def swap_gate_blocks(a, axis=0):
-    """Reorder the three gate blocks along `axis` between Keras/ONNX (z, r, n) and PyTorch/cgru
-    (r, z, n). The swap is its own inverse."""
-    a = np.asarray(a)
-    H = a.shape[axis] // 3
-    first, second, third = np.split(a, [H, 2 * H], axis=axis)
-    return np.concatenate([second, first, third], axis=axis)

@@ -6,7 +6,8 @@ from .base import Layer, _config, _construct, _same_config
 
 class _Merge(Layer):
     """A layer of two or more inputs, called on a list: `Concatenate()([a, b])`. The output's
-    mask holds where every input's mask holds (inputs without a mask count as all valid)."""
+    mask (Add's, as Keras's merge layers) holds where every input's mask holds; inputs without
+    a mask do not restrict it."""
 
     def _call_inputs(self, inputs, **call_args):
         if call_args:
@@ -87,6 +88,18 @@ class Concatenate(_Merge):
     def backward_arrays(self, d_outputs):
         cuts = np.cumsum(self._widths)[:-1]
         return [np.ascontiguousarray(d) for d in np.split(d_outputs[0], cuts, axis=self.axis)]
+
+    def output_masks(self, inputs, masks):
+        """Keras's rule: a step is valid where any input is valid there, an input without a
+        mask counting as valid everywhere."""
+        if all(m is None for m in masks):
+            return [None]
+        if any(m is None for m in masks):
+            return [np.ones(inputs[0].shape[:2], bool)]
+        out = masks[0]
+        for m in masks[1:]:
+            out = out | m
+        return [out]
 
     def get_config(self):
         return {"name": self.name, "axis": self.axis}

@@ -14,9 +14,9 @@ output there (zeros before the first valid step), Bidirectional gives zeros.
 """
 import numpy as np
 
-from .. import _checks, initializers
+from .. import _checks, conventions, initializers
 from ..gru import GRU as _EngineGRU
-from .base import Layer, _config, _construct, _initializer, _same_config, swap_gate_blocks
+from .base import Layer, _config, _construct, _initializer, _same_config
 
 
 class _MaskPlan:
@@ -134,6 +134,7 @@ class GRU(Layer):
         self._engine = None
         self._cache = None
         self._states = None        # stateful: the last call's final states (D, batch, units)
+        self._empty = None         # the last call's sequences with no valid step, or None
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class GRU(Layer):
     def forward_arrays(self, inputs, masks, training, rng):
         seqs, finals = self._recur(inputs[0], masks[0], inputs[1:], training, rng,
                                    self.return_sequences, carry=True)
-        y = seqs[0] if self.return_sequences else finals[0]
+        y = seqs[0] if self.return_sequences else self._last_output(finals[0])
         return [y] + (finals if self.return_state else [])
 
     def backward(self, d_out):
@@ -234,12 +235,34 @@ class GRU(Layer):
         if self.return_sequences:
             dx, d_initial = self._recur_backward([d_y], [d_state])
         else:
-            dx, d_initial = self._recur_backward(None, [_sum(d_y, d_state)])
+            dx, d_initial = self._recur_backward(None, [_sum(self._last_output_grad(d_y),
+                                                              d_state)])
         return [dx] + d_initial
 
     def reset_states(self):
         """Stateful: forget the kept states; the next call starts from zeros (any batch size)."""
         self._states = None
+
+    # Fix (tests/test_keras_layers.py::test_all_masked_row_with_initial_state...): without
+    # return_sequences Keras returns its last output, which is zeros for a sequence with no valid
+    # step, while that sequence's final state stays its initial state; the final state was
+    # returned as the output, so a given (non-zero) initial state leaked into y.
+    def _last_output(self, final):
+        """Keras's last output from a direction's final states: zeros for the sequences with no
+        valid step (set by the last _recur)."""
+        if self._empty is None:
+            return final
+        out = final.copy()
+        out[self._empty] = 0
+        return out
+
+    def _last_output_grad(self, d_last):
+        """The gradient _last_output passes to the final states: none for empty sequences."""
+        if d_last is None or self._empty is None:
+            return d_last
+        d_last = d_last.copy()
+        d_last[self._empty] = 0
+        return d_last
 
     # ---- the recurrence, shared with Bidirectional ------------------------------------------
 
@@ -291,6 +314,7 @@ class GRU(Layer):
                                    None if plan is None else plan.engine_lengths,
                                    with_outputs=training or want_sequences)
         finals = [h_n[d] for d in range(D)]
+        self._empty = plan.empty if plan is not None and plan.any_empty else None
         if plan is not None and plan.any_empty:  # no valid step: the initial state stays
             for d in range(D):
                 finals[d] = finals[d].copy()
@@ -346,27 +370,20 @@ class GRU(Layer):
         return self._engine._names(0, direction)
 
     def get_weights(self):
-        """Keras's list: per direction kernel (I, 3H), recurrent_kernel (H, 3H), bias."""
+        """Keras's list: per direction kernel (I, 3H), recurrent_kernel (H, 3H), bias
+        (cgru.conventions)."""
         weights = []
         for d in range(self.directions):
             w_ih, w_hh, b_ih, b_hh = self._engine_names(d)
-            weights.append(swap_gate_blocks(self.params[w_ih]).T.copy())
-            weights.append(swap_gate_blocks(self.params[w_hh]).T.copy())
-            if self.use_bias:
-                if self.reset_after:
-                    weights.append(np.stack([swap_gate_blocks(self.params[b_ih]),
-                                             swap_gate_blocks(self.params[b_hh])]))
-                else:
-                    weights.append(swap_gate_blocks(self.params[b_ih] + self.params[b_hh]))
+            weights += conventions.engine_to_keras(
+                self.params[w_ih], self.params[w_hh], self.params.get(b_ih),
+                self.params.get(b_hh), self.reset_after)
         return weights
 
     def set_weights(self, weights):
         """Load Keras's list (see get_weights), checking every shape before changing anything."""
-        I, H = self.input_shape[-1], self.units
-        shapes = [(I, 3 * H), (H, 3 * H)]
-        if self.use_bias:
-            shapes.append((2, 3 * H) if self.reset_after else (3 * H,))
-        shapes = shapes * self.directions
+        shapes = conventions.keras_shapes(self.input_shape[-1], self.units, self.use_bias,
+                                          self.reset_after) * self.directions
         if len(weights) != len(shapes):
             raise ValueError(f"layer '{self.name}' (GRU) takes {len(shapes)} weight arrays "
                              f"(kernel, recurrent_kernel{', bias' if self.use_bias else ''} per "
@@ -379,16 +396,11 @@ class GRU(Layer):
         per_direction = len(shapes) // self.directions
         for d in range(self.directions):
             kernel, recurrent, *bias = arrays[d * per_direction:(d + 1) * per_direction]
-            w_ih, w_hh, b_ih, b_hh = self._engine_names(d)
-            self.params[w_ih][...] = swap_gate_blocks(kernel.T)
-            self.params[w_hh][...] = swap_gate_blocks(recurrent.T)
-            if self.use_bias:
-                if self.reset_after:
-                    self.params[b_ih][...] = swap_gate_blocks(bias[0][0])
-                    self.params[b_hh][...] = swap_gate_blocks(bias[0][1])
-                else:
-                    self.params[b_ih][...] = swap_gate_blocks(bias[0])
-                    self.params[b_hh][...] = 0
+            engine = conventions.keras_to_engine(kernel, recurrent, bias[0] if bias else None,
+                                                 self.reset_after)
+            for name, value in zip(self._engine_names(d), engine):
+                if value is not None:
+                    self.params[name][...] = value
 
     # ---- config ---------------------------------------------------------------------------------
 
@@ -507,7 +519,7 @@ class Bidirectional(Layer):
         gru = self.layer
         seqs, finals = gru._recur(inputs[0], masks[0], inputs[1:], training, rng,
                                   gru.return_sequences, carry=False)
-        first, second = seqs if gru.return_sequences else finals
+        first, second = seqs if gru.return_sequences else [gru._last_output(f) for f in finals]
         self._parts = (first, second) if training and self.merge_mode == "mul" else None
         mode = self.merge_mode
         if mode == "concat":
@@ -544,7 +556,8 @@ class Bidirectional(Layer):
             dx, d_initial = gru._recur_backward([d_first, d_second], d_states)
         else:
             dx, d_initial = gru._recur_backward(
-                None, [_sum(d_first, d_states[0]), _sum(d_second, d_states[1])])
+                None, [_sum(gru._last_output_grad(d_first), d_states[0]),
+                       _sum(gru._last_output_grad(d_second), d_states[1])])
         return [dx] + d_initial
 
     def release(self):

@@ -1,203 +1,21 @@
-"""Moving GRU models between cgru and PyTorch, Keras 3 and ONNX, exactly.
+"""cgru.GRU / cgru.Sequential <-> ONNX (opset 17 GRU nodes, MatMul/Gemm + Add as Dense).
 
-    from_torch(module) / to_torch(gru)             torch.nn.GRU  <->  cgru.GRU
-    from_keras(layer_or_model) / to_keras(model)    keras GRU, Bidirectional, Dense, Dropout,
-                                                    Sequential  <->  cgru.layers / cgru.Sequential
-    export_onnx(gru_or_model, path, lengths=False)  cgru.GRU or cgru.Sequential -> .onnx file
-    load_onnx(path)                                 GRU nodes (+ MatMul/Gemm + Add as Dense) -> cgru
-    from_seed_convention(state_dict)                weights written for h' = (1 - u) h + u n
-
-Gate orders: cgru and PyTorch keep r, z, n; Keras and ONNX keep z, r, n. Keras kernels are
-transposed (input, 3H). ONNX keeps W (D, 3H, I), R (D, 3H, H), B (D, 6H) = [Wb, Rb], and
-`linear_before_reset` is cgru's `reset_after`.
-
-torch, keras and onnx are imported only by the function that needs them; a conversion that
-cannot be represented exactly raises ValueError naming what stands in the way.
+ONNX keeps W (D, 3H, I), R (D, 3H, H), B (D, 6H) = [Wb, Rb] in gate order z, r, n, and
+`linear_before_reset` is cgru's `reset_after` (see cgru.conventions).
 """
 import json
 
 import numpy as np
 
-from . import layers as _layers
-from .gru import GRU
-from .layers import swap_gate_blocks
-from .models import Sequential
+from .. import layers as _layers
+from ..conventions import swap_gate_blocks
+from ..gru import GRU
+from ..models import Sequential
+from ._common import require
 
 ONNX_OPSET = 17
 _ONNX_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
 
-
-def _require(module, install):
-    try:
-        return __import__(module)
-    except ImportError as e:
-        raise ImportError(f"this conversion needs {module}: pip install {install} ({e})") from None
-
-
-# ---- PyTorch ------------------------------------------------------------------------------------
-
-def from_torch(module):
-    """A cgru.GRU with the options and weights of a `torch.nn.GRU` (any layers, directions,
-    batch_first, bias); float64 modules give a float64 GRU, others float32."""
-    torch = _require("torch", "torch==2.13.0")
-    if not isinstance(module, torch.nn.GRU):
-        raise TypeError(f"from_torch converts a torch.nn.GRU, got {type(module).__name__} (for "
-                        f"a GRU with a Linear head, see the README's recipe)")
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    dtype = "float64" if next(iter(state.values())).dtype == torch.float64 else "float32"
-    gru = GRU(module.input_size, module.hidden_size, num_layers=module.num_layers,
-              bias=module.bias, batch_first=module.batch_first, dropout=float(module.dropout),
-              bidirectional=module.bidirectional, dtype=dtype)
-    gru.load_state_dict({k: v.to(torch.float64).numpy() for k, v in state.items()})
-    gru.train(module.training)
-    return gru
-
-
-def to_torch(gru):
-    """A `torch.nn.GRU` with the options and weights of a cgru.GRU (reset_after=True only:
-    PyTorch has no reset-before GRU)."""
-    torch = _require("torch", "torch==2.13.0")
-    if not isinstance(gru, GRU):
-        raise TypeError(f"to_torch converts a cgru.GRU, got {type(gru).__name__}")
-    if not gru.reset_after:
-        raise ValueError("to_torch: PyTorch's GRU computes reset_after=True only; this cgru.GRU "
-                         "has reset_after=False")
-    module = torch.nn.GRU(gru.input_size, gru.hidden_size, num_layers=gru.num_layers,
-                          bias=gru.bias, batch_first=gru.batch_first, dropout=gru.dropout,
-                          bidirectional=gru.bidirectional)
-    module = module.double() if gru.dtype == np.float64 else module.float()
-    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in gru.params.items()})
-    module.train(gru.training)
-    return module
-
-
-# ---- Keras --------------------------------------------------------------------------------------
-
-def _keras():
-    try:
-        import keras
-    except ImportError as e:
-        raise ImportError(f"this conversion needs keras 3 with a backend: pip install keras, and "
-                          f"set KERAS_BACKEND=torch when TensorFlow is not installed ({e})") \
-            from None
-    return keras
-
-
-def _gru_from_keras_config(config, where):
-    for key, allowed in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
-        if config.get(key, allowed) != allowed:
-            raise ValueError(f"{where}: {key}={config[key]!r} cannot be represented; cgru "
-                             f"computes {key}='{allowed}'")
-    for key in ("go_backwards", "stateful", "return_state"):
-        if config.get(key):
-            raise ValueError(f"{where}: {key}=True cannot be represented in cgru")
-    if config.get("recurrent_dropout"):
-        raise ValueError(f"{where}: recurrent_dropout={config['recurrent_dropout']} cannot be "
-                         f"represented in cgru")
-    return _layers.GRU(config["units"], return_sequences=config.get("return_sequences", False),
-                       reset_after=config.get("reset_after", True),
-                       dropout=config.get("dropout", 0.0), use_bias=config.get("use_bias", True))
-
-
-def _layer_from_keras(layer):
-    """(cgru layer, Keras weights) for one Keras layer; None for layers without computation."""
-    kind = type(layer).__name__
-    where = f"Keras layer '{layer.name}' ({kind})"
-    config = layer.get_config()
-    if kind == "InputLayer":
-        return None, None
-    if kind == "GRU":
-        return _gru_from_keras_config(config, where), layer.get_weights()
-    if kind == "Bidirectional":
-        forward, backward = layer.forward_layer, layer.backward_layer
-        if type(forward).__name__ != "GRU":
-            raise ValueError(f"{where}: only a GRU inside Bidirectional converts")
-        f_config, b_config = forward.get_config(), backward.get_config()
-        for key in ("units", "reset_after", "use_bias", "return_sequences", "activation",
-                    "recurrent_activation"):
-            if f_config.get(key) != b_config.get(key):
-                raise ValueError(f"{where}: its forward and backward GRUs differ in {key}")
-        if config.get("merge_mode") not in _layers.Bidirectional.MERGE_MODES:
-            raise ValueError(f"{where}: merge_mode={config.get('merge_mode')!r} cannot be "
-                             f"represented; cgru merges with {_layers.Bidirectional.MERGE_MODES}")
-        b_config = dict(b_config, go_backwards=False)  # Keras runs it backwards by design
-        inner = _gru_from_keras_config(dict(f_config, go_backwards=False), where)
-        _gru_from_keras_config(b_config, where)
-        return _layers.Bidirectional(inner, merge_mode=config["merge_mode"]), layer.get_weights()
-    if kind == "Dense":
-        activation = config.get("activation")
-        if activation not in _layers.ACTIVATIONS:
-            raise ValueError(f"{where}: activation={activation!r} cannot be represented; cgru's "
-                             f"Dense takes {_layers.ACTIVATIONS}")
-        return (_layers.Dense(config["units"], activation=activation,
-                              use_bias=config.get("use_bias", True)), layer.get_weights())
-    if kind == "Dropout":
-        return _layers.Dropout(config["rate"]), []
-    raise ValueError(f"{where} cannot be represented; cgru converts GRU, Bidirectional(GRU), "
-                     f"Dense and Dropout")
-
-
-def from_keras(layer_or_model):
-    """A cgru.Sequential with the layers and weights of a built Keras 3 Sequential, or a built
-    cgru layer from one Keras GRU / Bidirectional(GRU) / Dense layer."""
-    obj = layer_or_model
-    kind = type(obj).__name__
-    if kind == "Sequential":
-        keras_layers = list(obj.layers)
-    elif hasattr(obj, "get_weights") and hasattr(obj, "get_config"):
-        keras_layers = [obj]
-    else:
-        raise TypeError(f"from_keras converts a Keras Sequential or layer, got {kind}")
-    weights_of = [l.get_weights() for l in keras_layers]
-    if any(not l.built for l in keras_layers) or not any(weights_of):
-        raise ValueError("from_keras: build the Keras model first (call it on data or give it "
-                         "an Input), so its weights exist")
-    dtype = "float64" if any(w.dtype == np.float64 for ws in weights_of for w in ws) \
-        else "float32"
-    converted = [c for c in (_layer_from_keras(l) for l in keras_layers) if c[0]]
-    features = next(w[0].shape[0] for _, w in converted if w)
-    model = Sequential([layer for layer, _ in converted], dtype=dtype,
-                       name=getattr(obj, "name", "sequential") if kind == "Sequential" else
-                       "sequential")
-    model.build((None, None, features))
-    for layer, weights in converted:
-        if weights:
-            layer.set_weights(weights)
-    return model if kind == "Sequential" else model.layers[0]
-
-
-def _layer_to_keras(keras, layer):
-    if isinstance(layer, _layers.Bidirectional):
-        inner = _layer_to_keras(keras, layer.layer)
-        return keras.layers.Bidirectional(inner, merge_mode=layer.merge_mode, name=layer.name)
-    if isinstance(layer, _layers.GRU):
-        return keras.layers.GRU(layer.units, return_sequences=layer.return_sequences,
-                                reset_after=layer.reset_after, dropout=layer.dropout,
-                                use_bias=layer.use_bias, name=layer.name)
-    if isinstance(layer, _layers.Dense):
-        return keras.layers.Dense(layer.units, activation=layer.activation,
-                                  use_bias=layer.use_bias, name=layer.name)
-    if isinstance(layer, _layers.Dropout):
-        return keras.layers.Dropout(layer.rate, name=layer.name)
-    raise ValueError(f"to_keras: no Keras counterpart for {type(layer).__name__}")
-
-
-def to_keras(model):
-    """A built `keras.Sequential` with the layers and weights of a built cgru.Sequential."""
-    keras = _keras()
-    if not isinstance(model, Sequential):
-        raise TypeError(f"to_keras converts a cgru.Sequential, got {type(model).__name__}")
-    model._require_built("to_keras")
-    keras_model = keras.Sequential([keras.Input(shape=tuple(model.input_shape),
-                                                dtype=model.dtype.name)]
-                                   + [_layer_to_keras(keras, l) for l in model.layers],
-                                   name=model.name)
-    for ours, theirs in zip(model.layers, keras_model.layers):
-        theirs.set_weights(ours.get_weights())
-    return keras_model
-
-
-# ---- ONNX ---------------------------------------------------------------------------------------
 
 class _Graph:
     """Nodes and initializers of an ONNX graph under construction."""
@@ -258,7 +76,7 @@ def export_onnx(gru_or_model, path, lengths=False):
     (inference). Weights keep the model's dtype (ONNX Runtime's GRU runs float32 only). The
     architecture also goes into the file's metadata, so load_onnx restores it exactly.
     """
-    onnx = _require("onnx", "onnx")
+    onnx = require("onnx", "onnx")
     helper = onnx.helper
     obj = gru_or_model
     if isinstance(obj, GRU):
@@ -467,7 +285,7 @@ def load_onnx(path):
     cgru (clip, other activations, layout=1, a non-zero initial state, computed weights) is
     refused with a ValueError.
     """
-    onnx = _require("onnx", "onnx")
+    onnx = require("onnx", "onnx")
     try:
         model = onnx.load(str(path))
     except FileNotFoundError:
@@ -561,28 +379,3 @@ def _check_block(block, input_size, hidden_size, directions, path):
                                                             hidden_size):
         raise ValueError(f"{path}: a GRU node's W {block['W'].shape} / R {block['R'].shape} "
                          f"do not fit W {expected}")
-
-
-# ---- the update-gate convention -------------------------------------------------------------
-
-def from_seed_convention(state_dict):
-    """Weights written for h' = (1 - u) * h + u * n (update gate u = 1 - z), converted to
-    cgru's h' = (1 - z) * n + z * h.
-
-    Takes and returns a state dict with PyTorch's names and layout (gate blocks r, u, n in rows
-    [0, H), [H, 2H), [2H, 3H)). Since 1 - sigmoid(a) = sigmoid(-a), negating the update gate's
-    rows of every weight and bias gives the same model; nothing else changes.
-    """
-    converted = {}
-    for name, value in state_dict.items():
-        arr = np.array(value, copy=True)
-        if not name.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
-            raise KeyError(f"from_seed_convention: {name!r} is not a GRU weight or bias name "
-                           f"(weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...)")
-        if arr.shape[0] % 3:
-            raise ValueError(f"from_seed_convention: {name!r} has {arr.shape[0]} rows, not a "
-                             f"multiple of 3 (three gate blocks)")
-        H = arr.shape[0] // 3
-        arr[H:2 * H] *= -1
-        converted[name] = arr
-    return converted
