@@ -107,7 +107,7 @@ class _Monitor(Callback):
 
 class EarlyStopping(_Monitor):
     """Stops training when `monitor` has not improved by more than `min_delta` for `patience`
-    epochs. With restore_best_weights=True the model ends training with the weights of its best
+    epochs in a row (Keras 3's rule: the check starts after the first epoch). With restore_best_weights=True the model ends training with the weights of its best
     epoch (as Keras 3 does, whether or not training stopped early)."""
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
@@ -131,7 +131,7 @@ class EarlyStopping(_Monitor):
                 self.best_weights = self.model.get_weights()
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and epoch > 0:  # Keras 3's rule
             self.stopped_epoch = epoch
             self.model.stop_training = True
 

@@ -98,8 +98,8 @@ _PARAMETERS_DOC = """\
         `history_` and to drive `early_stopping`. 0 holds nothing out.
 
     early_stopping : bool, default=False
-        Whether to stop training when the monitored loss has not improved for more than
-        `patience` consecutive epochs: the validation loss when `validation_fraction` > 0,
+        Whether to stop training when the monitored loss has not improved for `patience`
+        consecutive epochs: the validation loss when `validation_fraction` > 0,
         else the training loss. The model then keeps the weights of its best epoch.
 
     patience : int, default=10

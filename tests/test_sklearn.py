@@ -213,13 +213,13 @@ def test_history_validation_and_early_stopping():
     reg = GRURegressor(**dict(FAST, epochs=5), validation_fraction=0.25, random_state=0).fit(X, y)
     assert sorted(reg.history_) == ["loss", "val_loss"] and len(reg.history_["val_loss"]) == 5
 
-    # early stopping on the validation loss: training stops once it has not improved for more
-    # than `patience` epochs, and the model keeps the weights of its best epoch
+    # early stopping on the validation loss: training stops once it has not improved for
+    # `patience` epochs in a row, and the model keeps the weights of its best epoch
     reg = GRURegressor(**dict(FAST, epochs=300), validation_fraction=0.25, early_stopping=True,
                        patience=3, random_state=0).fit(X[:40], y[:40])
     losses = reg.history_["val_loss"]
     assert reg.n_iter_ < 300 and len(losses) == reg.n_iter_
-    assert reg.n_iter_ == int(np.argmin(losses)) + 1 + 3 + 1
+    assert reg.n_iter_ == int(np.argmin(losses)) + 1 + 3
 
 
 def test_verbose_prints_one_line_per_epoch(capsys):

@@ -6,8 +6,8 @@ from .base import Layer, _config, _construct, _same_config
 
 class _Merge(Layer):
     """A layer of two or more inputs, called on a list: `Concatenate()([a, b])`. The output's
-    mask (Add's, as Keras's merge layers) holds where every input's mask holds; inputs without
-    a mask do not restrict it."""
+    mask (Add's, as Keras's merge layers) holds where any input's mask holds, and there is none
+    when an input has none."""
 
     def _call_inputs(self, inputs, **call_args):
         if call_args:
@@ -33,12 +33,14 @@ class _Merge(Layer):
                             f"input holds integer indices")
 
     def output_masks(self, inputs, masks):
-        given = [m for m in masks if m is not None]
-        if not given:
+        # Fix (tests/test_functional.py::test_merge_masks_follow_keras): Keras 3's merge layers
+        # (keras/src/layers/merging/base_merge.py) give no mask when an input has none, else
+        # the OR of the masks (a step is valid where any input is valid); this was the AND.
+        if any(m is None for m in masks):
             return [None]
-        out = given[0]
-        for m in given[1:]:
-            out = out & m
+        out = masks[0]
+        for m in masks[1:]:
+            out = out | m
         return [out]
 
     def release(self):
@@ -91,13 +93,21 @@ class Concatenate(_Merge):
 
     def output_masks(self, inputs, masks):
         """Keras's rule: a step is valid where any input is valid there, an input without a
-        mask counting as valid everywhere."""
+        mask counting as valid everywhere; joined along the time axis (axis=1), the masks are
+        joined too."""
         if all(m is None for m in masks):
             return [None]
-        if any(m is None for m in masks):
-            return [np.ones(inputs[0].shape[:2], bool)]
-        out = masks[0]
-        for m in masks[1:]:
+        # Fix (tests/test_functional.py::test_merge_masks_follow_keras): masks are (batch,
+        # time) for (batch, time, features) inputs; joining along an axis before the last (the
+        # time axis) joins the masks along it (an OR of (B, T1) and (B, T2) masks failed).
+        ndim = inputs[0].ndim
+        axis = self.axis if self.axis > 0 else ndim + self.axis
+        full = [np.ones(a.shape[:ndim - 1], bool) if m is None else m
+                for a, m in zip(inputs, masks)]
+        if axis < ndim - 1:
+            return [np.concatenate(full, axis=axis)]
+        out = full[0]
+        for m in full[1:]:
             out = out | m
         return [out]
 

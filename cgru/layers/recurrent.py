@@ -257,11 +257,13 @@ class GRU(Layer):
         return out
 
     def _last_output_grad(self, d_last):
-        """The gradient _last_output passes to the final states: none for empty sequences."""
-        if d_last is None or self._empty is None:
+        """The gradient _last_output passes to the final states (after the training forward
+        kept in _cache): none for the sequences with no valid step."""
+        plan = None if self._cache is None else self._cache[1]
+        if d_last is None or plan is None or not plan.any_empty:
             return d_last
         d_last = d_last.copy()
-        d_last[self._empty] = 0
+        d_last[plan.empty] = 0
         return d_last
 
     # ---- the recurrence, shared with Bidirectional ------------------------------------------
