@@ -188,10 +188,12 @@ def main():
     sys.path.insert(0, HERE)
     import contention
     import memory as scoring
+    import masks
     import scaleout
     company = contention.table(contention.measure())
     scoring_memory = scoring.table()
     dask_scoring, mpi_training = scaleout.tables()
+    masked_training = masks.table(masks.measure())
     text = f"""# Benchmarks
 
 Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites this file).
@@ -246,6 +248,15 @@ busy cores, a 1-thread call is itself delayed whenever the scheduler hands its c
 process: compare the 2-thread rows with the 1-thread ones.
 
 {company}
+
+## Training with padding masks
+
+bench/masks.py: a text classifier's training step (Embedding(1000, 64) + GRU(128) + Dense(1),
+batch 64 of 100 token ids, valid lengths drawn in [20, 100], the rest padding) with the padding
+mask and without it, each implementation in the same process. cgru turns a tail-padding mask
+into sequence lengths, so masked training skips the padding instead of paying for it.
+
+{masked_training}
 
 ## Beyond one machine: Dask scoring and MPI training, on this machine
 
