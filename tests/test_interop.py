@@ -374,3 +374,97 @@ def test_missing_package_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match="pip install torch"):
         interop.to_torch(cgru.GRU(2, 3))
+
+
+# ---- Keras functional models and the layers beyond GRU/Dense ------------------------------------
+
+def _padded_tokens(rng, batch=6, steps=12, vocabulary=50):
+    tokens = rng.integers(1, vocabulary, size=(batch, steps))
+    lengths = rng.integers(3, steps + 1, size=batch)
+    tokens[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+    return tokens
+
+
+def test_a_keras_functional_model_converts_both_ways(keras):
+    rng = np.random.default_rng(20)
+    series = keras.Input((None, 3), name="series")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    y, h = keras.layers.GRU(4, return_sequences=True, return_state=True)(series)
+    decoded = keras.layers.GRU(4, return_sequences=True, go_backwards=True)(
+        keras.layers.Embedding(50, 3)(tokens), initial_state=h)
+    joined = keras.layers.Concatenate()([y, decoded])
+    out = keras.layers.TimeDistributed(keras.layers.Dense(2, activation="tanh"))(
+        keras.layers.Add()([joined, joined]))
+    keras_model = keras.Model([series, tokens], out)
+    x, t = rng.standard_normal((5, 12, 3)).astype(np.float32), _padded_tokens(rng, 5)
+    expected = keras.ops.convert_to_numpy(keras_model([x, t]))
+    model = interop.from_keras(keras_model)
+    assert isinstance(model, cgru.Model) and [l.name for l in model.layers][-1] == \
+        "time_distributed"
+    close(model.predict([x, t]), expected, "keras -> cgru")
+    back = interop.to_keras(model)
+    close(keras.ops.convert_to_numpy(back([x, t])), expected, "cgru -> keras")
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: [k.layers.Embedding(50, 8, mask_zero=True),
+               k.layers.Bidirectional(k.layers.GRU(6, return_sequences=True), merge_mode="sum"),
+               k.layers.GRU(5), k.layers.Dense(1, activation="sigmoid")],
+    lambda k: [k.layers.Embedding(50, 8, mask_zero=True), k.layers.GRU(6, return_sequences=True),
+               k.layers.TimeDistributed(k.layers.Dense(3, activation="softmax"))],
+], ids=["text-classifier", "tagger"])
+def test_keras_models_with_masks_convert_both_ways(keras, make):
+    rng = np.random.default_rng(21)
+    keras_model = keras.Sequential([keras.Input((None,), dtype="int32")] + make(keras))
+    tokens = _padded_tokens(rng)
+    expected = keras.ops.convert_to_numpy(keras_model(tokens))
+    model = interop.from_keras(keras_model)
+    close(model.predict(tokens), expected, "keras -> cgru")
+    close(keras.ops.convert_to_numpy(interop.to_keras(model)(tokens)), expected, "cgru -> keras")
+
+
+def test_keras_ops_between_layers_are_refused_by_name(keras):
+    inputs = keras.Input((None, 3))
+    keras_model = keras.Model(inputs, keras.layers.GRU(4)(keras.ops.tanh(inputs)))
+    with pytest.raises(ValueError, match=r"\(Tanh\) cannot be represented"):
+        interop.from_keras(keras_model)
+
+
+# ---- ONNX: embeddings, masks as sequence_lens, TimeDistributed ---------------------------------
+
+@pytest.mark.parametrize("body", [
+    lambda: [layers.Embedding(50, 8, mask_zero=True),
+             layers.Bidirectional(layers.GRU(6, return_sequences=True)), layers.GRU(5),
+             layers.Dense(2, activation="softmax")],
+    lambda: [layers.Embedding(50, 8, mask_zero=True), layers.GRU(6), layers.Dense(1)],
+    lambda: [layers.Embedding(50, 8), layers.GRU(6, return_sequences=True),
+             layers.TimeDistributed(layers.Dense(3))],
+], ids=["masked-bidirectional", "masked-last-state", "time-distributed"])
+def test_exported_embedding_models_run_in_onnx_runtime_and_load_back(ort, tmp_path, body):
+    tokens = _padded_tokens(np.random.default_rng(22))
+    model = cgru.Sequential(body(), seed=1)
+    model.build((None, None))
+    path = tmp_path / "m.onnx"
+    interop.export_onnx(model, path)
+    expected = model.predict(tokens)
+    close(run_onnx(ort, path, x=tokens.astype(np.int64))[0], expected, "onnxruntime")
+    np.testing.assert_array_equal(interop.load_onnx(path).predict(tokens), expected)
+
+
+def test_an_exported_masking_layer_becomes_sequence_lengths(ort, tmp_path):
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((6, 12, 3)).astype(np.float32)
+    lengths = rng.integers(3, 13, size=6)
+    x[np.arange(12)[None, :] >= lengths[:, None]] = 0
+    model = cgru.Sequential([layers.Masking(0.0), layers.GRU(6), layers.Dense(1)], seed=2)
+    model.build((None, None, 3))
+    interop.export_onnx(model, tmp_path / "m.onnx")
+    close(run_onnx(ort, tmp_path / "m.onnx", x=x)[0], model.predict(x), "onnxruntime")
+
+
+def test_sequences_after_a_mask_are_refused_by_export(ort, tmp_path):
+    model = cgru.Sequential([layers.Embedding(50, 8, mask_zero=True),
+                             layers.GRU(6, return_sequences=True)])
+    model.build((None, None))
+    with pytest.raises(ValueError, match="repeats the last valid output"):
+        interop.export_onnx(model, tmp_path / "m.onnx")

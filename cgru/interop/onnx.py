@@ -139,25 +139,60 @@ def _export_gru(onnx, gru, lengths):
 
 
 def _export_sequential(onnx, model):
+    """A Sequential's layers as ONNX nodes. A padding mask (Embedding(mask_zero), Masking)
+    becomes the GRU nodes' sequence_lens: the count of each sequence's valid steps, which is the
+    mask exactly when it pads each sequence's tail (masks with holes have no ONNX form)."""
     helper = onnx.helper
     g = _Graph(onnx, model.dtype)
     elem = _elem_type(onnx, model.dtype)
-    inputs = [helper.make_tensor_value_info("x", elem, ["batch", "time", model.input_shape[-1]])]
+    reads_indices = model.inputs[0].kind == "int"
+    if reads_indices:
+        inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, ["batch", "time"])]
+    else:
+        inputs = [helper.make_tensor_value_info("x", elem,
+                                                ["batch", "time", model.input_shape[-1]])]
     x, layout = "x", "BTF"  # BTF, TBF (time-major sequence) or BF (one vector per sample)
+    lens = None             # (batch,) int32 valid steps, while a mask is in force
     for layer in model.layers:
-        if isinstance(layer, _layers.Dropout):
+        where = f"export_onnx: layer '{layer.name}' ({type(layer).__name__})"
+        inner = layer.layer if isinstance(layer, _layers.TimeDistributed) else layer
+        if isinstance(inner, _layers.Dropout):
             continue
-        if isinstance(layer, (_layers.GRU, _layers.Bidirectional)):
+        if isinstance(layer, _layers.Embedding):
+            ids = x
+            x = g.op("Gather", [g.const("embeddings", layer.params["embeddings"]), ids], axis=0)
+            if layer.mask_zero:
+                valid = g.op("Not", [g.op("Equal", [ids, g.const("zero", np.array(0,
+                                                                                np.int64))])])
+                lens = g.op("ReduceSum", [g.op("Cast", [valid], to=onnx.TensorProto.INT32),
+                                          g.const("axes", np.array([1], np.int64))],
+                            keepdims=0)
+        elif isinstance(layer, _layers.Masking):
+            value = g.const("mask_value", np.array(layer.mask_value, model.dtype))
+            differs = g.op("Cast", [g.op("Not", [g.op("Equal", [x, value])])], to=elem)
+            keep = g.op("ReduceMax", [differs], axes=[2], keepdims=1)   # (B, T, 1)
+            x = g.op("Mul", [x, keep])
+            lens = g.op("ReduceSum", [g.op("Cast", [keep], to=onnx.TensorProto.INT32),
+                                      g.const("axes", np.array([1, 2], np.int64))], keepdims=0)
+        elif isinstance(layer, (_layers.GRU, _layers.Bidirectional)):
             gru = layer.layer if isinstance(layer, _layers.Bidirectional) else layer
+            for option in ("go_backwards", "stateful", "return_state"):
+                if getattr(gru, option):
+                    raise ValueError(f"{where}: {option}=True has no ONNX form here")
+            if lens is not None and gru.return_sequences and gru.directions == 1:
+                raise ValueError(f"{where} returns sequences after a mask: ONNX's GRU outputs "
+                                 f"zeros at padded steps, where cgru (as Keras) repeats the "
+                                 f"last valid output")
             if layout == "BTF":
                 x = g.op("Transpose", [x], perm=[1, 0, 2])
             names = [gru._engine_names(d) for d in range(gru.directions)]
-            y, y_h = g.gru(x, gru.params, names, gru.units, gru.reset_after, None)
+            y, y_h = g.gru(x, gru.params, names, gru.units, gru.reset_after, lens)
             mode = layer.merge_mode if isinstance(layer, _layers.Bidirectional) else "concat"
             if gru.return_sequences:
                 x, layout, axis = y, "TBF", 1
             else:
                 x, layout, axis = y_h, "BF", 0
+                lens = None  # the mask stays behind with the time axis
             if mode == "concat":
                 x = g.concat_directions(x) if layout == "TBF" else g.last_state(x)
             elif mode == "sum":
@@ -167,17 +202,18 @@ def _export_sequential(onnx, model):
                 x = g.op("ReduceMean", [x], axes=[axis], keepdims=0)
             else:
                 x = g.op("ReduceProd", [x], axes=[axis], keepdims=0)
-        elif isinstance(layer, _layers.Dense):
+        elif isinstance(inner, _layers.Dense):
             if layout == "TBF":
                 x, layout = g.op("Transpose", [x], perm=[1, 0, 2]), "BTF"
-            x = g.op("MatMul", [x, g.const("kernel", layer.params["kernel"])])
-            if layer.use_bias:
-                x = g.op("Add", [x, g.const("bias", layer.params["bias"])])
-            if layer.activation is not None:
-                op = {v: k for k, v in _ONNX_ACTIVATIONS.items()}[layer.activation]
+            x = g.op("MatMul", [x, g.const("kernel", inner.params["kernel"])])
+            if inner.use_bias:
+                x = g.op("Add", [x, g.const("bias", inner.params["bias"])])
+            if inner.activation is not None:
+                op = {v: k for k, v in _ONNX_ACTIVATIONS.items()}[inner.activation]
                 x = g.op(op, [x], axis=-1) if op == "Softmax" else g.op(op, [x])
         else:
-            raise ValueError(f"export_onnx: no ONNX form for {type(layer).__name__}")
+            raise ValueError(f"{where} has no ONNX form; export_onnx writes GRU, Bidirectional, "
+                             f"Dense, Dropout, Embedding, Masking and TimeDistributed layers")
     if layout == "TBF":
         x = g.op("Transpose", [x], perm=[1, 0, 2])
     g.nodes.append(helper.make_node("Identity", [x], ["y"]))
@@ -309,6 +345,7 @@ def load_onnx(path):
         for spec in meta["layers"]:
             result.add(_layers.CLASSES[spec["class"]].from_config(spec["config"]))
         result.build((None,) + tuple(meta["input_shape"]))
+        result._onnx_gather_tables = _gather_tables(onnx, model.graph)
         return _fill_sequential(result, blocks, dense, path)
 
     first = blocks[0]
@@ -337,6 +374,13 @@ def load_onnx(path):
     return _fill_sequential(result, blocks, dense, path)
 
 
+def _gather_tables(onnx, graph):
+    """The constant tables that Gather nodes read, in graph order."""
+    constants = {i.name: i for i in graph.initializer}
+    return [onnx.numpy_helper.to_array(constants[node.input[0]]) for node in graph.node
+            if node.op_type == "Gather" and node.input[0] in constants]
+
+
 def _fill_gru(gru, blocks, path):
     if len(blocks) != gru.num_layers:
         raise ValueError(f"{path}: {len(blocks)} GRU nodes for {gru.num_layers} layers")
@@ -351,7 +395,9 @@ def _fill_gru(gru, blocks, path):
 def _fill_sequential(model, blocks, dense, path):
     grus = [l.layer if isinstance(l, _layers.Bidirectional) else l for l in model.layers
             if isinstance(l, (_layers.GRU, _layers.Bidirectional))]
-    denses = [l for l in model.layers if isinstance(l, _layers.Dense)]
+    denses = [getattr(l, "layer", l) for l in model.layers
+              if isinstance(getattr(l, "layer", l), _layers.Dense)]
+    _fill_embeddings(model, path)
     if len(grus) != len(blocks) or len(denses) != len(dense):
         raise ValueError(f"{path}: {len(blocks)} GRU and {len(dense)} dense blocks do not match "
                          f"the {len(grus)} GRU and {len(denses)} Dense layers described")
@@ -371,6 +417,20 @@ def _fill_sequential(model, blocks, dense, path):
         if layer.use_bias:
             layer.params["bias"][...] = block["bias"]
     return model
+
+
+def _fill_embeddings(model, path):
+    """Embedding tables of a file export_onnx wrote: the initializers of its Gather nodes."""
+    tables = getattr(model, "_onnx_gather_tables", [])
+    layers = [l for l in model.layers if isinstance(l, _layers.Embedding)]
+    if len(tables) != len(layers):
+        raise ValueError(f"{path}: {len(tables)} Gather tables for {len(layers)} Embedding "
+                         f"layers described")
+    for layer, table in zip(layers, tables):
+        if table.shape != layer.params["embeddings"].shape:
+            raise ValueError(f"{path}: an embedding table of shape {table.shape} where "
+                             f"{layer.params['embeddings'].shape} was expected")
+        layer.params["embeddings"][...] = table
 
 
 def _check_block(block, input_size, hidden_size, directions, path):
