@@ -1,4 +1,4 @@
-"""`cgru.dask.predict`: score a Dask array of sequences with a `cgru.GRU` or `cgru.Sequential`.
+"""`cgru.dask.predict`: score a Dask array of sequences with a `cgru.GRU`, `cgru.Sequential` or `cgru.Model`.
 
     import dask.array as da
     import cgru.dask
@@ -41,7 +41,7 @@ except ImportError as e:
 
 from . import _engine
 from .gru import GRU, set_num_threads
-from .models import Sequential
+from .models import Model
 
 # the process that decided its engine thread count (see _set_engine_threads); a fork child of
 # that process decides again
@@ -78,10 +78,8 @@ def predict(model, X, batch_size=None):
     T = X.shape[time_axis]
     if kind == "gru":
         sample_shape = (T, model.num_directions * model.hidden_size)
-    else:
-        sample_shape = (T, features)
-        for layer in model.layers:
-            sample_shape = tuple(layer.compute_output_shape(sample_shape))
+    else:  # the output's shape, its free time axis (if it kept one) being X's
+        sample_shape = tuple(T if size is None else size for size in model.outputs[0].shape[1:])
     out_chunks = [(size,) for size in sample_shape]
     out_chunks.insert(batch_axis, X.chunks[batch_axis])
 
@@ -104,15 +102,18 @@ def _model_facts(model):
     """(kind, dtype, features, declared time steps or None) of a model predict() accepts."""
     if isinstance(model, GRU):
         return "gru", model.dtype, model.input_size, None
-    if isinstance(model, Sequential):
+    if isinstance(model, Model):
         if not model.built:
             # building here would score with random weights made on the client
             raise ValueError("model is a Sequential that is not built, so it has no weights to "
                              "score with; fit it, load it with cgru.load_model, or build it with "
                              "model.build((None, time, features)) and set its weights first")
+        if len(model.inputs) != 1 or len(model.outputs) != 1 or model.inputs[0].kind != "float":
+            raise ValueError("model must take one real-valued input (N, T, F) and give one "
+                             "output to be scored with cgru.dask.predict")
         declared = tuple(model.input_shape)
         return "sequential", model.dtype, declared[-1], declared[0] if len(declared) == 2 else None
-    raise TypeError(f"model must be a cgru.GRU or a cgru.Sequential, got "
+    raise TypeError(f"model must be a cgru.GRU, a cgru.Sequential or a cgru.Model, got "
                     f"{type(model).__module__}.{type(model).__qualname__}")
 
 

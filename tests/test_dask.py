@@ -343,7 +343,7 @@ def _bad_inputs():
     fixed_time.build((None, 5, F))
     X = da.zeros((8, 5, F), dtype=np.float32, chunks=(4, -1, -1))
     return {
-        "not a model": (TypeError, r"model must be a cgru.GRU or a cgru.Sequential, got "
+        "not a model": (TypeError, r"model must be a cgru.GRU, a cgru.Sequential or a cgru.Model, got "
                                    r"builtins.dict", ({}, X)),
         "unbuilt Sequential": (ValueError, r"model is a Sequential that is not built",
                                (cgru.Sequential([layers.Input((None, F)), layers.GRU(3)]), X)),
@@ -379,3 +379,15 @@ def test_bad_input_is_refused_naming_the_argument(case):
     error, message, args = _bad_inputs()[case]
     with pytest.raises(error, match=message):
         cgru.dask.predict(*args)
+
+
+def test_a_functional_model_scores_on_the_cluster_as_called_directly(client):
+    inputs = cgru.Input(shape=(None, 3))
+    h = cgru.layers.GRU(5, return_sequences=True)(inputs)
+    model = cgru.Model(inputs, cgru.layers.TimeDistributed(cgru.layers.Dense(2))(h), seed=3)
+    x = np.random.default_rng(5).standard_normal((40, 7, 3)).astype(np.float32)
+    scores = cgru.dask.predict(model, da.from_array(x, chunks=(15, 7, 3)))
+    assert scores.shape == (40, 7, 2) and scores.chunks[0] == (15, 15, 10)
+    np.testing.assert_allclose(scores.compute(), model.predict(x), rtol=1e-6, atol=1e-6)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
