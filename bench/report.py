@@ -4,6 +4,22 @@ Prints and records one table: configuration x implementation, median time, GFLOP
 the sgemm throughput measured in the same run, and the ratio to the fastest peer (not cgru, not
 the NumPy reference) of that configuration and pass, with the machine-state probe timed before
 each implementation; groups timed across a change of state are run again.
+
+    python bench/report.py [--allow-kernel] [pytest options]
+
+The BLAS kernel. The benchmark runs without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (removed for
+its process only, as users' machines do not set them), and the report refuses to write
+BENCHMARKS.md when SciPy's OpenBLAS ran kernels of a lower instruction tier than this CPU
+supports (check() in bench/blas_kernel.py: AVX2 Haswell kernels on an AVX-512 CPU, say), both
+before the benchmarks and after them (with the kernel each benchmark process recorded): the
+message names the kernel seen, the one expected and the likely cause. `--allow-kernel` (this
+script's own option, not passed to pytest), or CGRU_BENCH_ALLOW_KERNEL=1 in the environment,
+writes it anyway, and the file says so.
+
+Keras backends. Keras 3 takes one backend per process, so the suite runs once with
+KERAS_BACKEND set to the first of keras_backends() (TensorFlow: the TensorFlow peer), and its
+Keras tests once more per other backend (torch), each in a process of its own; all records go
+into the one table. CGRU_BENCH_KERAS_BACKENDS (comma-separated) chooses them.
 """
 import datetime
 import json
@@ -17,6 +33,30 @@ from importlib import metadata
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OWN = {"cgru", "numpy reference", "cgru step()", "cgru whole sequence"}
+ALLOW_KERNEL = "--allow-kernel"
+sys.path.insert(0, HERE)
+import blas_kernel as blas  # noqa: E402  (bench/, standalone: no cgru import)
+
+
+def pytest_args():
+    """This script's arguments that are pytest's (all but its own --allow-kernel)."""
+    return [a for a in sys.argv[1:] if a != ALLOW_KERNEL]
+
+
+def kernel_allowed():
+    return ALLOW_KERNEL in sys.argv[1:] or os.environ.get("CGRU_BENCH_ALLOW_KERNEL") == "1"
+
+
+def keras_backends():
+    """The Keras backends whose Keras tests the report runs, in order: CGRU_BENCH_KERAS_BACKENDS
+    (comma-separated; default tensorflow,torch), those installed; none without Keras. (Not read
+    from peers.py: importing it picks this process's Keras backend, and masks.py picks its own.)"""
+    from importlib.util import find_spec
+    if find_spec("keras") is None:
+        return []
+    wanted = os.environ.get("CGRU_BENCH_KERAS_BACKENDS", "tensorflow,torch").split(",")
+    return [b.strip() for b in wanted
+            if b.strip() in ("tensorflow", "torch", "jax") and find_spec(b.strip())]
 
 
 def version(pkg):
@@ -69,16 +109,29 @@ RERUNS = 2
 
 
 def run_suite(select=None):
-    """pytest bench (only the tests that -k `select` names, if given); the benchmarks' records."""
+    """pytest bench (only the tests that -k `select` names, if given); the benchmarks' records.
+    With Keras, the first pass runs on the first of keras_backends() and each further backend's
+    pass runs only the Keras tests (of the selection), in a process of its own."""
+    backends = keras_backends()
+    passes = [({"KERAS_BACKEND": backends[0]} if backends else {}, select)]
+    if select is None or select.startswith("test_gru["):  # the groups with a Keras peer
+        passes += [({"KERAS_BACKEND": b}, f"({select}) and keras" if select else "keras")
+                   for b in backends[1:]]
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "bench"), "-q",
-               "--benchmark-json", out, "--benchmark-columns=median"] + sys.argv[1:]
-        if select:
-            cmd += ["-k", select]
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        with open(out) as f:
-            return json.load(f)["benchmarks"]
+        for n, (env, selection) in enumerate(passes):
+            out = os.path.join(tmp, f"bench{n}.json")
+            cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "bench"), "-q",
+                   "--benchmark-json", out, "--benchmark-columns=median"] + pytest_args()
+            if selection:
+                cmd += ["-k", selection]
+            result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env})
+            if result.returncode not in (0, 5):  # 5: nothing selected (no Keras peer, say)
+                raise subprocess.CalledProcessError(result.returncode, cmd)
+            if os.path.exists(out):
+                with open(out) as f:
+                    records += json.load(f)["benchmarks"]
+    return records
 
 
 def group_key(bench):
@@ -93,7 +146,9 @@ def group_selector(key):
         return f"test_thread_scaling and {pass_name.split()[1]}"
     if pass_name == "streaming":
         return "test_streaming"
-    return f"{pass_name}-{config}-"
+    if pass_name.endswith(" float64"):
+        return f"test_gru_float64[{pass_name.split()[0]}-{config}-"
+    return f"test_gru[{pass_name}-{config}-"
 
 
 def probe_spread(benches):
@@ -134,19 +189,41 @@ def without_held_blas():
 
 
 def blas_kernel():
-    """The kernel SciPy's OpenBLAS runs here (threadpoolctl's `architecture`)."""
-    from threadpoolctl import threadpool_info
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas" and "scipy" in (lib.get("filepath") or ""):
-            return f"{lib.get('internal_api')} {lib.get('version')}, {lib.get('architecture')}"
-    return "unknown"
+    """The kernel SciPy's OpenBLAS runs here (threadpoolctl's `architecture`), with its version."""
+    lib = blas.running_kernel()
+    if lib is None:
+        return "not an OpenBLAS threadpoolctl sees"
+    return f"{lib.get('internal_api')} {lib.get('version')}, {lib.get('architecture')}"
+
+
+def kernel_verdict(seen=()):
+    """Check the BLAS kernel (this process's, and those the benchmark processes recorded in
+    `seen`) against the best this CPU supports. Exits, naming the kernel seen, the one expected
+    and the likely cause, when one is below it, unless allowed; returns the line the report
+    keeps."""
+    result = blas.check()
+    expected = result.expected
+    below = [k for k in {result.running, *seen} if k and expected and blas.tier(k)
+             and blas.tier(k) < blas.tier(expected)]
+    if not below:
+        return result.message
+    message = result.message if result.below else (
+        f"the benchmark processes ran SciPy's OpenBLAS with its {', '.join(sorted(below))} "
+        f"kernels on a CPU that supports {expected} (this process: {result.running}); likely "
+        f"cause: an OPENBLAS_CORETYPE they were given")
+    if not kernel_allowed():
+        sys.exit(f"report.py: not writing BENCHMARKS.md: {message}. Run with "
+                 f"{ALLOW_KERNEL} (or CGRU_BENCH_ALLOW_KERNEL=1) to write it anyway.")
+    print(f"report.py: {message} (written anyway, as allowed)", file=sys.stderr)
+    return f"{message} (below the CPU's best: written as allowed)"
 
 
 def main():
     without_held_blas()
+    kernel_verdict()  # before the hour of benchmarks, in the environment they inherit
     groups, unsteady = steady_groups()
     benches = [b for group in groups.values() for b in group]
+    kernel_line = kernel_verdict({b["extra_info"].get("blas_kernel") for b in benches})
     rows, scaling = {}, {}
     for b in benches:
         info = b["extra_info"]
@@ -156,10 +233,14 @@ def main():
             continue
         rows.setdefault((info["config"], info["pass_name"]), []).append(
             (info["implementation"], b["stats"]["median"], info))
-    sgemm = benches[0]["extra_info"]["sgemm_gflops"]
+    float32 = [b for b in benches if b["extra_info"].get("dtype", "float32") == "float32"]
+    float64 = [b for b in benches if b["extra_info"].get("dtype") == "float64"]
+    sgemm = float32[0]["extra_info"]["sgemm_gflops"]
+    dgemm = (f"; dgemm: {float64[0]['extra_info']['sgemm_gflops']:.1f} GFLOP/s"
+             if float64 else "")
     threads = benches[0]["extra_info"]["threads"]
     lines = ["| configuration (T, B, I, H) | pass | implementation | median | GFLOP/s | "
-             "of sgemm | vs fastest peer | probe |", "|---|---|---|---|---|---|---|---|"]
+             "of GEMM | vs fastest peer | probe |", "|---|---|---|---|---|---|---|---|"]
     for (config, pass_name), results in rows.items():
         peers = [m for name, m, _ in results if name not in OWN]
         best_peer = min(peers) if peers else None
@@ -172,7 +253,8 @@ def main():
                          f"{info['gflops']:.1f} | {info['sgemm_fraction'] * 100:.0f} % | {ratio} | "
                          f"{info['handoff_us']:.2f} |")
     versions = ", ".join(f"{p} {version(p)}" for p in
-                         ["cgru", "numpy", "scipy", "torch", "onnxruntime", "keras", "jax"]
+                         ["cgru", "numpy", "scipy", "torch", "onnxruntime", "keras",
+                          "tensorflow", "tensorflow-cpu", "jax", "jaxlib"]
                          if version(p))
     table = "\n".join(lines)
     scaling_lines = ["| pass | threads | median | GFLOP/s | speedup over 1 thread | probe |",
@@ -201,19 +283,28 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
 - Date: {datetime.date.today().isoformat()}
 - CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads per implementation: {threads}
 - Versions: Python {platform.python_version()}, {versions}
-- SciPy sgemm (1024^3, same run): {sgemm:.1f} GFLOP/s; SciPy's BLAS: {blas_kernel()} (run with
-  {" and ".join(HELD_BLAS_VARIABLES)} removed, as on users' machines)
-- float32, medians; "vs fastest peer" divides by the fastest installed peer (torch, ONNX Runtime,
-  Keras, JAX) of the same configuration and pass; ONNX Runtime has no backward. The NumPy
-  reference is the package's own step-by-step oracle. Training = forward + backward with all
-  parameter gradients and the input gradient; GFLOP/s count 2*T*B*3H*(I+H) per layer and
-  direction for a forward, 3x that for training.
+- SciPy sgemm (1024^3, same run): {sgemm:.1f} GFLOP/s{dgemm}; SciPy's BLAS: {blas_kernel()} (run
+  with {" and ".join(HELD_BLAS_VARIABLES)} removed, as on users' machines)
+- Kernel check (bench/blas_kernel.py): {kernel_line}
+- float32 unless the pass says float64, medians; "vs fastest peer" divides by the fastest
+  installed peer (torch, ONNX Runtime, Keras on each backend (keras/tensorflow is the TensorFlow
+  peer: XLA for its predict, Keras's default graph for its training, the faster of each here;
+  one backend per process, so each Keras backend ran in a pytest process of its own), JAX
+  (lax.scan, jit; x64 for float64)) of the same configuration and pass; the float64 passes have
+  torch and JAX as peers. ONNX Runtime has no backward, and Keras's train_on_batch computes no
+  input gradient. Every peer runs cgru's weights (converted to its layout) on the same input and
+  was checked against cgru's outputs (training: the input and parameter gradients; Keras: its
+  loss) before it was timed: within 1e-4 of the largest magnitude in float32, 1e-9 in float64.
+  The NumPy reference is the package's own step-by-step oracle. Training = forward + backward
+  with all parameter gradients and the input gradient; GFLOP/s count 2*T*B*3H*(I+H) per layer
+  and direction for a forward, 3x that for training; "of GEMM" divides by SciPy's sgemm (dgemm
+  for float64 passes). "cgru step()" and "torch GRUCell" are one call per step from Python.
 - probe: microseconds per step of a tiny cgru layer (T=200, B=1, H=32) timed just before each
   implementation, almost nothing but the hand-off between cores at every step. On a shared VM it
   moves 2-3x when the hypervisor moves the cores, and every timing that synchronises threads
   moves with it. A group whose probe moved more than {UNSTEADY}x is run again (up to {RERUNS}
   times); "(unsteady)" marks one that never ran in a single state: compare its rows with care.
-  A re-run group's "of sgemm" divides by the sgemm timed in its own re-run.
+  A re-run group's "of GEMM" divides by the GEMM timed in its own re-run.
 
 {table}
 

@@ -3,9 +3,13 @@
     python -m pytest bench                       # the timings
     python bench/report.py                       # the same run, tabulated into BENCHMARKS.md
 
-One group per configuration and pass. Each result's extra_info carries GFLOP/s and the fraction
-of SciPy's sgemm throughput measured in the same session.
+One group per configuration and pass (float32; the float64 groups against torch and JAX). Each
+implementation runs cgru.GRU(seed=0)'s weights on the same input and is checked against cgru's
+results before it is timed (peers.check_against_cgru). Each result's extra_info carries GFLOP/s,
+the fraction of SciPy's sgemm (dgemm for float64) throughput measured in the same session, and
+the kernel SciPy's OpenBLAS ran.
 """
+import functools
 import os
 import time
 
@@ -13,8 +17,9 @@ import numpy as np
 import pytest
 import scipy.linalg.blas
 
+import blas_kernel
 import cgru
-from peers import THREADS, Cgru, available_peers, installed
+from peers import THREADS, Cgru, available_peers, check_against_cgru, installed, problem
 
 # (T, B, I, H, layers, bidirectional)
 CONFIGS = [
@@ -24,6 +29,11 @@ CONFIGS = [
     (1000, 1, 32, 128, 1, False),
     (100, 32, 64, 128, 2, True),
     (70, 24, 100, 300, 1, False),
+]
+# float64 groups: cgru against torch and JAX in float64 (the issue's two main shapes)
+FLOAT64_CONFIGS = [
+    (100, 64, 128, 256, 1, False),
+    (50, 128, 512, 512, 1, False),
 ]
 ROUNDS = {"forward": 7, "train": 5}
 
@@ -41,20 +51,41 @@ def flops(config, training):
     return total * (3 if training else 1)
 
 
+def gemm_gflops(dtype):
+    """SciPy's GEMM throughput (sgemm or dgemm, 1024^3) here, with the benchmark's thread count
+    (OpenBLAS's own)."""
+    from threadpoolctl import threadpool_limits
+    n = 1024
+    gemm = scipy.linalg.blas.sgemm if dtype == "float32" else scipy.linalg.blas.dgemm
+    a = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n)).astype(dtype))
+    times = []
+    with threadpool_limits(THREADS, user_api="blas"):
+        gemm(1.0, a, a)
+        for _ in range(9):
+            t = time.perf_counter()
+            gemm(1.0, a, a)
+            times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
 @pytest.fixture(scope="session")
 def sgemm_gflops():
     """SciPy's sgemm throughput here, with the benchmark's thread count (OpenBLAS's own)."""
-    from threadpoolctl import threadpool_limits
-    n = 1024
-    a = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
-    times = []
-    with threadpool_limits(THREADS, user_api="blas"):
-        scipy.linalg.blas.sgemm(1.0, a, a)
-        for _ in range(9):
-            t = time.perf_counter()
-            scipy.linalg.blas.sgemm(1.0, a, a)
-            times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / np.median(times) / 1e9
+    return gemm_gflops("float32")
+
+
+@pytest.fixture(scope="session")
+def dgemm_gflops():
+    """SciPy's dgemm throughput, the float64 groups' yardstick."""
+    return gemm_gflops("float64")
+
+
+@functools.lru_cache(maxsize=None)
+def blas_architecture():
+    """The kernel SciPy's OpenBLAS runs in this process (threadpoolctl's `architecture`; None
+    if it is not an OpenBLAS), which report.py checks against the CPU's best."""
+    lib = blas_kernel.running_kernel()
+    return lib.get("architecture") if lib else None
 
 
 def handoff_probe_us():
@@ -91,33 +122,51 @@ def settle():
     return probe
 
 
-def _build(peer, config):
+def _build(peer, config, dtype="float32"):
     try:
-        return peer(*config[:4], layers=config[4], bidirectional=config[5])
+        return peer(*config[:4], layers=config[4], bidirectional=config[5], dtype=dtype)
     except (ImportError, NotImplementedError) as e:
         pytest.skip(f"{peer.name}: {e}")
+
+
+def _bench_gru(benchmark, pass_name, config, peer, dtype, gemm):
+    """Build the implementation, check its results against cgru's (same weights, same input),
+    then time the pass; `gemm` is SciPy's GEMM throughput of the same dtype."""
+    if peer.name == "numpy reference" and pass_name == "train" and config[0] * config[3] > 60000:
+        pytest.skip("the NumPy reference's training step is too slow for this configuration")
+    impl = _build(peer, config, dtype)
+    fn = impl.forward if pass_name == "forward" else impl.train_step
+    if fn is None:
+        pytest.skip(f"{peer.name} has no backward")
+    checked = [] if peer is Cgru else check_against_cgru(impl, config, dtype, pass_name)
+    suffix = "" if dtype == "float32" else f" {dtype}"
+    benchmark.group = f"{config_id(config)} {pass_name}{suffix}"
+    handoff_us = settle()
+    benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
+        return
+    gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
+    # "sgemm_fraction": the fraction of SciPy's GEMM of the same dtype (dgemm for float64)
+    benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
+                                pass_name=pass_name + suffix, dtype=dtype, gflops=gflops,
+                                sgemm_fraction=gflops / gemm, sgemm_gflops=gemm,
+                                threads=THREADS, handoff_us=handoff_us,
+                                blas_kernel=blas_architecture(), checked=checked)
 
 
 @pytest.mark.parametrize("peer", available_peers(), ids=lambda p: p.name)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("pass_name", ["forward", "train"])
 def test_gru(benchmark, pass_name, config, peer, sgemm_gflops):
-    impl = _build(peer, config)
-    fn = impl.forward if pass_name == "forward" else impl.train_step
-    if fn is None:
-        pytest.skip(f"{peer.name} has no backward")
-    if peer.name == "numpy reference" and pass_name == "train" and config[0] * config[3] > 60000:
-        pytest.skip("the NumPy reference's training step is too slow for this configuration")
-    benchmark.group = f"{config_id(config)} {pass_name}"
-    handoff_us = settle()
-    benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
-    if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
-        return
-    gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
-    benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
-                                pass_name=pass_name, gflops=gflops,
-                                sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
-                                threads=THREADS, handoff_us=handoff_us)
+    _bench_gru(benchmark, pass_name, config, peer, "float32", sgemm_gflops)
+
+
+@pytest.mark.parametrize("peer", available_peers("float64"), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", FLOAT64_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("pass_name", ["forward", "train"])
+def test_gru_float64(benchmark, pass_name, config, peer, dgemm_gflops):
+    """float64: cgru against torch and JAX (x64), fractions of SciPy's dgemm."""
+    _bench_gru(benchmark, pass_name, config, peer, "float64", dgemm_gflops)
 
 
 STREAM_T, STREAM_I, STREAM_H = 1000, 32, 128
@@ -125,25 +174,31 @@ STREAM_T, STREAM_I, STREAM_H = 1000, 32, 128
 
 @pytest.mark.parametrize("implementation", ["cgru step()", "cgru whole sequence", "torch GRUCell"])
 def test_streaming(benchmark, implementation, sgemm_gflops):
-    """A sequence fed one time step per call (B = 1), against one call for the whole sequence."""
-    x = np.random.default_rng(0).standard_normal((STREAM_T, 1, STREAM_I)).astype(np.float32)
+    """A sequence fed one time step per call (B = 1), against one call for the whole sequence.
+    "cgru step()" and "torch GRUCell" are Python loops of one call per step, so their per-step
+    time is that of one call from Python (with the loop's own few tens of ns). All three run
+    cgru.GRU(seed=0)'s weights and are checked against the whole-sequence h_n first."""
+    params, x = problem(STREAM_T, 1, STREAM_I, STREAM_H)
+    cgru.set_num_threads(THREADS)
+    gru = cgru.GRU(STREAM_I, STREAM_H, seed=0).eval()
+    want = gru(x)[1][0]  # (1, H): the final state
     if implementation.startswith("cgru"):
-        cgru.set_num_threads(THREADS)
-        gru = cgru.GRU(STREAM_I, STREAM_H, seed=0).eval()
         h = np.zeros((1, 1, STREAM_H), np.float32)
         if implementation == "cgru step()":
             def run():
                 for t in range(STREAM_T):
                     gru.step(x[t], h, out=h)
+                return h[0]
         else:
             def run():
-                gru(x)
+                return gru(x)[1][0]
     else:
         if not installed("torch"):
             pytest.skip("torch is not installed")
         import torch
         torch.set_num_threads(THREADS)
         cell = torch.nn.GRUCell(STREAM_I, STREAM_H)
+        cell.load_state_dict({k[:-3]: torch.from_numpy(v) for k, v in params.items()})
         xt = torch.from_numpy(x)
 
         def run():
@@ -151,6 +206,9 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                 h = torch.zeros(1, STREAM_H)
                 for t in range(STREAM_T):
                     h = cell(xt[t], h)
+            return h.numpy()
+    err = float(np.max(np.abs(run() - want)))
+    assert err <= 1e-4, f"{implementation}'s final state differs from cgru's by {err:.3g}"
     benchmark.group = f"streaming T{STREAM_T}-B1-I{STREAM_I}-H{STREAM_H}"
     handoff_us = settle()
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
@@ -162,7 +220,8 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
     benchmark.extra_info.update(implementation=implementation, config=benchmark.group,
                                 pass_name="streaming", per_step_us=per_step_us, gflops=gflops,
                                 sgemm_fraction=gflops / sgemm_gflops, sgemm_gflops=sgemm_gflops,
-                                threads=THREADS, handoff_us=handoff_us)
+                                threads=THREADS, handoff_us=handoff_us,
+                                blas_kernel=blas_architecture())
 
 
 SCALING_CONFIG = (50, 128, 512, 512, 1, False)
@@ -188,4 +247,5 @@ def test_thread_scaling(benchmark, pass_name, threads, sgemm_gflops):
     benchmark.extra_info.update(implementation="cgru", config=config_id(SCALING_CONFIG),
                                 pass_name=f"scaling {pass_name}", threads_used=threads,
                                 gflops=gflops, sgemm_fraction=gflops / sgemm_gflops,
-                                sgemm_gflops=sgemm_gflops, threads=THREADS, handoff_us=handoff_us)
+                                sgemm_gflops=sgemm_gflops, threads=THREADS, handoff_us=handoff_us,
+                                blas_kernel=blas_architecture())

@@ -1,11 +1,16 @@
 """Shared helpers: tolerances per dtype, a factory for engine/reference pairs, Python threads."""
+import os
 import threading
 
 import numpy as np
 import pytest
 
-import cgru
-from cgru import reference
+# Keras 3 runs its oracle tests on PyTorch, whatever else is installed (TensorFlow, JAX) and
+# whichever test module imports it first
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import cgru  # noqa: E402
+from cgru import reference  # noqa: E402
 
 # Tolerances the engine is held to against the float64-exact reference:
 #   float64: rtol 1e-9, atol 1e-10 (only summation order differs)
