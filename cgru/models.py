@@ -111,8 +111,12 @@ class Model:
         shapes = [tuple(t.shape[1:]) for t in self.inputs]
         return shapes[0] if self._single_input and shapes else shapes
 
+    def _build_declared(self):
+        """Build now if the input is declared (a Sequential's cgru.Input or input_shape)."""
+
     def get_layer(self, name=None, index=None):
         """The layer called `name` (or at position `index` of `layers`)."""
+        self._build_declared()
         if (name is None) == (index is None):
             raise ValueError("get_layer: give name or index, not both and not neither")
         if index is not None:
@@ -141,6 +145,7 @@ class Model:
 
     def get_weights(self):
         """Every layer's weights, in Keras's layout and order."""
+        self._build_declared()
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
@@ -717,9 +722,16 @@ class Sequential(Model):
         else:
             self.build((None,) * (a.ndim - 1) + (a.shape[-1],))
 
-    def _require_built(self, what):
+    # Fix (tests/test_functional.py::test_stateful_gru_one_step_at_a_time_...): as in Keras,
+    # a Sequential whose input is declared is built before any data, so that
+    # model.get_layer(name).set_weights(...) and model.get_weights() work (they failed with
+    # "TypeError: 'NoneType' object is not subscriptable" from the unbuilt layer).
+    def _build_declared(self):
         if not self.built and self._declared_shape is not None and self.layers:
             self.build((None,) + tuple(self._declared_shape))  # declared by cgru.Input
+
+    def _require_built(self, what):
+        self._build_declared()
         super()._require_built(what)
 
 
@@ -820,6 +832,11 @@ def _class_weights(class_weight, y, loss):
 def _broadcast_weights(weights, shape):
     """(batch,) weights against (batch, time) positions, or as given."""
     weights = np.asarray(weights, dtype=np.float64)
+    # Fix (tests/test_functional.py::test_weights_with_a_trailing_axis_of_one): (batch, 1)
+    # sample weights, and class weights from (batch, 1) sparse labels, weigh (batch,) losses as
+    # in Keras; they raised "sample_weight of shape (n, 1) does not fit".
+    if weights.shape == tuple(shape) + (1,):
+        weights = weights[..., 0]
     if weights.shape == tuple(shape):
         return weights
     if weights.ndim == 1 and len(shape) >= 1 and weights.shape[0] == shape[0]:

@@ -113,6 +113,14 @@ class Layer:
         """{name: array} the optimizer updates (a subset of params)."""
         return self.params
 
+    # Fix (tests/test_keras_layers.py::test_initial_state_of_the_wrong_shape_or_count_is_refused
+    # and others): a layer gets its name from the model it joins, after its first (symbolic or
+    # eager) call, so messages raised by that call said "layer 'None'"; they name the class.
+    @property
+    def _label(self):
+        """The layer's name for messages: its name, or its class name before it has one."""
+        return self.name or type(self).__name__
+
     # ---- building -------------------------------------------------------------------------------
 
     def build(self, input_shape, rng, dtype):
@@ -129,11 +137,11 @@ class Layer:
         shape = input_shapes[0]
         if self.input_shape is not None and (len(shape) != len(self.input_shape) or
                                              shape[-1] != self.input_shape[-1]):
-            raise ValueError(f"layer '{self.name}' was built for input (batch, "
+            raise ValueError(f"layer '{self._label}' was built for input (batch, "
                              f"{', '.join(map(str, self.input_shape))}); here it gets (batch, "
                              f"{', '.join(map(str, shape))})")
         if dtype is not None and np.dtype(dtype) != self.dtype:
-            raise ValueError(f"layer '{self.name}' was built for {self.dtype} weights; the model "
+            raise ValueError(f"layer '{self._label}' was built for {self.dtype} weights; the model "
                              f"computes in {np.dtype(dtype)}")
 
     def param_shapes(self, input_shape):
@@ -246,16 +254,24 @@ class Layer:
     def get_weights(self):
         return [self.params[k].copy() for k in self.params]
 
+    def _require_weights(self):
+        # Fix (tests/test_keras_layers.py::test_an_unbuilt_layer_has_no_weights_to_set): an
+        # unbuilt layer said it takes 0 weight arrays (a GRU raised a TypeError).
+        if not self.built:
+            raise ValueError(f"layer '{self._label}' is not built yet, so it has no weights to "
+                             f"set: call it on data, or build the model it is in, first")
+
     def set_weights(self, weights):
+        self._require_weights()
         names = list(self.params)
         if len(weights) != len(names):
-            raise ValueError(f"layer '{self.name}' takes {len(names)} weight arrays "
+            raise ValueError(f"layer '{self._label}' takes {len(names)} weight arrays "
                              f"({', '.join(names)}), got {len(weights)}")
         arrays = []
         for name, w in zip(names, weights):
             w = np.asarray(w)
             if w.shape != self.params[name].shape:
-                raise ValueError(f"layer '{self.name}': weight '{name}' must have shape "
+                raise ValueError(f"layer '{self._label}': weight '{name}' must have shape "
                                  f"{self.params[name].shape}, got {w.shape}")
             arrays.append(w)
         for name, w in zip(names, arrays):

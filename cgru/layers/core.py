@@ -67,7 +67,7 @@ class Dense(Layer):
 
     def backward(self, d_out):
         if self._cache is None:
-            raise RuntimeError(f"layer '{self.name}': backward needs a training forward first")
+            raise RuntimeError(f"layer '{self._label}': backward needs a training forward first")
         x, out = self._cache
         self._cache = None
         act = self.activation
@@ -180,7 +180,7 @@ class Embedding(Layer):
 
     def check_built_for(self, input_shapes, dtype=None):
         if self.input_shape is not None and len(input_shapes[0]) != len(self.input_shape):
-            raise ValueError(f"layer '{self.name}' (Embedding) was built for indices (batch, "
+            raise ValueError(f"layer '{self._label}' (Embedding) was built for indices (batch, "
                              f"{', '.join(map(str, self.input_shape))}); here it gets (batch, "
                              f"{', '.join(map(str, input_shapes[0]))})")
 
@@ -190,15 +190,15 @@ class Embedding(Layer):
     def _indices(self, x):
         idx = np.asarray(x)
         if not (np.issubdtype(idx.dtype, np.integer) or np.issubdtype(idx.dtype, np.floating)):
-            raise TypeError(f"x: layer '{self.name}' (Embedding) takes integer indices, got "
+            raise TypeError(f"x: layer '{self._label}' (Embedding) takes integer indices, got "
                             f"dtype {idx.dtype}")
         if np.issubdtype(idx.dtype, np.floating):
             if not np.all(np.isfinite(idx)) or not np.all(idx == np.round(idx)):
-                raise ValueError(f"x: layer '{self.name}' (Embedding) takes integer indices; "
+                raise ValueError(f"x: layer '{self._label}' (Embedding) takes integer indices; "
                                  f"its input holds non-integer values")
             idx = idx.astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
-            raise ValueError(f"x: layer '{self.name}' (Embedding) takes indices in [0, "
+            raise ValueError(f"x: layer '{self._label}' (Embedding) takes indices in [0, "
                              f"{self.input_dim - 1}] (input_dim={self.input_dim}); got values "
                              f"from {idx.min()} to {idx.max()}")
         return idx
@@ -210,7 +210,7 @@ class Embedding(Layer):
 
     def backward(self, d_out):
         if self._cache is None:
-            raise RuntimeError(f"layer '{self.name}': backward needs a training forward first")
+            raise RuntimeError(f"layer '{self._label}': backward needs a training forward first")
         idx, self._cache = self._cache, None
         # d loss / d embeddings[i] = sum of d_out over the positions holding index i
         np.add.at(self.grads["embeddings"], idx.reshape(-1),
@@ -249,7 +249,7 @@ class Masking(Layer):
 
     def _keep(self, x):
         if x.ndim != 3:
-            raise ValueError(f"x: layer '{self.name}' (Masking) takes (batch, time, features), "
+            raise ValueError(f"x: layer '{self._label}' (Masking) takes (batch, time, features), "
                              f"got shape {x.shape}")
         return np.any(x != self.mask_value, axis=-1)
 
@@ -290,7 +290,7 @@ class TimeDistributed(Layer):
 
     def _check_input(self, input_shape):
         if len(input_shape) < 2:
-            raise ValueError(f"layer '{self.name}' (TimeDistributed) takes (batch, time, ...); "
+            raise ValueError(f"layer '{self._label}' (TimeDistributed) takes (batch, time, ...); "
                              f"it got (batch, {', '.join(map(str, input_shape))})")
 
     def build(self, input_shape, rng, dtype):

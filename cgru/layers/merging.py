@@ -70,12 +70,12 @@ class Concatenate(_Merge):
         ndim = len(input_shapes[0])
         axis = self.axis - 1 if self.axis > 0 else ndim + self.axis
         if not 0 <= axis < ndim or any(len(s) != ndim for s in input_shapes):
-            raise ValueError(f"layer '{self.name}' (Concatenate): axis {self.axis} does not fit "
+            raise ValueError(f"layer '{self._label}' (Concatenate): axis {self.axis} does not fit "
                              f"inputs (batch, ...) of shapes {[tuple(s) for s in input_shapes]}")
         for i in range(ndim):
             sizes = {s[i] for s in input_shapes if s[i] is not None}
             if i != axis and len(sizes) > 1:
-                raise ValueError(f"layer '{self.name}' (Concatenate): inputs must agree on every "
+                raise ValueError(f"layer '{self._label}' (Concatenate): inputs must agree on every "
                                  f"axis but {self.axis}; got shapes "
                                  f"{[tuple(s) for s in input_shapes]}")
         joined = [s[axis] for s in input_shapes]
@@ -121,7 +121,7 @@ class Add(_Merge):
     def output_shapes(self, input_shapes):
         shapes = {tuple(s) for s in input_shapes}
         if len(shapes) != 1:
-            raise ValueError(f"layer '{self.name}' (Add): inputs must have one shape, got "
+            raise ValueError(f"layer '{self._label}' (Add): inputs must have one shape, got "
                              f"{[tuple(s) for s in input_shapes]}")
         return [tuple(input_shapes[0])]
 

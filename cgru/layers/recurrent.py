@@ -63,7 +63,9 @@ class _MaskPlan:
     def expand(self, yc, carry):
         """(B, T, H) outputs at the original steps from the engine's (compacted) outputs: a
         valid step's own; a masked step's the last valid one (carry) or zeros."""
-        if self.tail and not carry:
+        # Fix (tests/test_keras_layers.py, mask 'tail_and_empty'): the engine runs an empty
+        # sequence for one step, so its first output is not zero; it took this shortcut.
+        if self.tail and not carry and not self.any_empty:
             return yc  # the engine writes zeros past each length
         where = np.maximum(self.pos, 0)[:, :, None]
         y = np.take_along_axis(yc, where, axis=1)
@@ -140,7 +142,7 @@ class GRU(Layer):
 
     def _check_input(self, input_shape):
         if len(input_shape) != 2:
-            raise ValueError(f"layer '{self.name}' (GRU) takes input (batch, time, features); "
+            raise ValueError(f"layer '{self._label}' (GRU) takes input (batch, time, features); "
                              f"it got input of shape (batch, {', '.join(map(str, input_shape))})")
 
     def param_shapes(self, input_shape):
@@ -194,7 +196,7 @@ class GRU(Layer):
     def _check_initial_shapes(self, shapes):
         for i, shape in enumerate(shapes):
             if shape is not None and tuple(shape) != (self.units,):
-                raise ValueError(f"initial_state: layer '{self.name}' takes states (batch, "
+                raise ValueError(f"initial_state: layer '{self._label}' takes states (batch, "
                                  f"{self.units}); state {i} has shape (batch, "
                                  f"{', '.join(map(str, shape))})")
 
@@ -209,7 +211,7 @@ class GRU(Layer):
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) \
             else [initial_state]
         if len(states) != self.directions:
-            raise ValueError(f"initial_state: layer '{self.name}' takes {self.directions} "
+            raise ValueError(f"initial_state: layer '{self._label}' takes {self.directions} "
                              f"state(s) (one per direction), got {len(states)}")
         return [inputs] + states
 
@@ -276,7 +278,7 @@ class GRU(Layer):
             for i, h in enumerate(given):
                 h = np.asarray(h)
                 if h.shape != (B, H):
-                    raise ValueError(f"initial_state: layer '{self.name}' takes states of shape "
+                    raise ValueError(f"initial_state: layer '{self._label}' takes states of shape "
                                      f"(batch, units) = {(B, H)}; state {i} has shape {h.shape}")
                 states.append(h)
             return np.ascontiguousarray(np.stack(states), dtype=self.dtype)
@@ -285,7 +287,7 @@ class GRU(Layer):
         if self._states is None:
             self._states = np.zeros((D, B, H), self.dtype)
         elif self._states.shape[1] != B:
-            raise ValueError(f"x: the stateful layer '{self.name}' keeps states for batches of "
+            raise ValueError(f"x: the stateful layer '{self._label}' keeps states for batches of "
                              f"{self._states.shape[1]}; this batch holds {B} sequences. Feed "
                              f"batches of {self._states.shape[1]}, or call reset_states() "
                              f"to start over")
@@ -335,7 +337,7 @@ class GRU(Layer):
         """(d x, [d initial state per direction] when states were given) from the gradients of
         _recur's outputs (None where none reached the loss)."""
         if self._cache is None:
-            raise RuntimeError(f"layer '{self.name}': backward needs a training forward first")
+            raise RuntimeError(f"layer '{self._label}': backward needs a training forward first")
         drop, plan, y_shape, carry, states_given, B = self._cache
         self._cache = None
         H, D = self.units, self.directions
@@ -373,7 +375,9 @@ class GRU(Layer):
 
     def get_weights(self):
         """Keras's list: per direction kernel (I, 3H), recurrent_kernel (H, 3H), bias
-        (cgru.conventions)."""
+        (cgru.conventions). None before the layer is built, as in Keras."""
+        if not self.built:
+            return []  # fix: this raised AttributeError ('NoneType' object has no '_names')
         weights = []
         for d in range(self.directions):
             w_ih, w_hh, b_ih, b_hh = self._engine_names(d)
@@ -384,17 +388,18 @@ class GRU(Layer):
 
     def set_weights(self, weights):
         """Load Keras's list (see get_weights), checking every shape before changing anything."""
+        self._require_weights()
         shapes = conventions.keras_shapes(self.input_shape[-1], self.units, self.use_bias,
                                           self.reset_after) * self.directions
         if len(weights) != len(shapes):
-            raise ValueError(f"layer '{self.name}' (GRU) takes {len(shapes)} weight arrays "
+            raise ValueError(f"layer '{self._label}' (GRU) takes {len(shapes)} weight arrays "
                              f"(kernel, recurrent_kernel{', bias' if self.use_bias else ''} per "
                              f"direction), got {len(weights)}")
         arrays = [np.asarray(w) for w in weights]
         for i, (w, shape) in enumerate(zip(arrays, shapes)):
             if w.shape != shape:
-                raise ValueError(f"layer '{self.name}' (GRU): weight {i} must have shape {shape}, "
-                                 f"got {w.shape}")
+                raise ValueError(f"layer '{self._label}' (GRU): weight {i} must have shape "
+                                 f"{shape}, got {w.shape}")
         per_direction = len(shapes) // self.directions
         for d in range(self.directions):
             kernel, recurrent, *bias = arrays[d * per_direction:(d + 1) * per_direction]
@@ -469,6 +474,8 @@ class Bidirectional(Layer):
         self.layer = layer
         self.merge_mode = merge_mode
         layer.directions = 2
+        if layer.name is None and name is not None:
+            layer.name = f"{name}_gru"  # as build() names it, so that messages name it now
         if self.declared_input_shape is None:
             self.declared_batch_size = layer.declared_batch_size
             self.declared_input_shape = layer.declared_input_shape
