@@ -9,17 +9,27 @@ Environment switches:
                   (-fno-sanitize-recover=undefined), OpenMP stays on. Python must then run with
                   the sanitizer runtime preloaded: see .ci/sanitize.
 The build probes the compiler for OpenMP, compiling and linking with the same flags the extension
-gets (the user's CFLAGS and LDFLAGS and the sanitizer flags included), and prints what it chose.
+gets (the user's CFLAGS and LDFLAGS and the sanitizer flags included), and prints what it chose:
+-fopenmp (GCC, LLVM clang), else on macOS Apple clang's -Xpreprocessor -fopenmp with LLVM's libomp
+(-lomp; its omp.h and library from CFLAGS/LDFLAGS, else from Homebrew's `brew install libomp` or
+the active conda environment).
 An -O level in the user's CFLAGS replaces the build's own (-O3, or -O1 for a sanitizer build).
+What the build chose (compiler, flags, OpenMP) is compiled into the extension (CGRU_BUILD_FLAGS,
+CGRU_BUILD_INFO) and reported by `cgru.info()` and `cgru info`: no generated file to ship or lose.
 """
+import json
 import os
+import platform
 import re
 import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 
 import numpy
+from Cython import __version__ as cython_version
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -74,6 +84,40 @@ def _sanitizers():
     return ",".join(names)
 
 
+def _libomp_prefixes():
+    """Where Apple clang may find LLVM's libomp (include/omp.h, lib/libomp.dylib) when CFLAGS and
+    LDFLAGS do not say: Homebrew's libomp (keg-only, so never on the default paths), then the
+    active conda environment's llvm-openmp."""
+    found = []
+    if shutil.which("brew"):
+        try:
+            out = subprocess.run(["brew", "--prefix", "libomp"], capture_output=True, text=True,
+                                 timeout=60)
+            if out.returncode == 0 and out.stdout.strip():
+                found.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    found += ["/opt/homebrew/opt/libomp", "/usr/local/opt/libomp",
+              os.environ.get("CONDA_PREFIX", "")]
+    return [p for i, p in enumerate(found) if p and p not in found[:i]
+            and os.path.isfile(os.path.join(p, "include", "omp.h"))]
+
+
+def _openmp_choices():
+    """(compile flags, link flags) for OpenMP, in the order the build tries them."""
+    yield ["-fopenmp"], ["-fopenmp"]
+    if sys.platform == "darwin":  # Apple clang has no -fopenmp of its own
+        yield ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+        for prefix in _libomp_prefixes():
+            yield ([f"-I{prefix}/include", "-Xpreprocessor", "-fopenmp"],
+                   [f"-L{prefix}/lib", "-lomp"])
+
+
+def _c_string(text):
+    """A C string literal of ASCII text, for a -D macro."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
         flags, link_flags = list(BASE_FLAGS), []
@@ -97,11 +141,15 @@ class BuildExtWithOpenMP(build_ext):
         if os.environ.get("CGRU_NATIVE") == "1":
             flags.append("-march=native")
         want_openmp = os.environ.get("CGRU_OPENMP", "1") != "0"
-        openmp = want_openmp and _builds_with(self.compiler, OPENMP_PROBE, flags + ["-fopenmp"],
-                                              link_flags + ["-fopenmp"])
+        openmp = None
+        if want_openmp:
+            openmp = next(((c, l) for c, l in _openmp_choices()
+                           if _builds_with(self.compiler, OPENMP_PROBE, flags + c, link_flags + l)),
+                          None)
         if openmp:
-            compile_flags, link_flags = flags + ["-fopenmp"], link_flags + ["-fopenmp"]
-            print("cgru build: OpenMP on (-fopenmp)", file=sys.stderr)
+            compile_flags, link_flags = flags + openmp[0], link_flags + openmp[1]
+            print(f"cgru build: OpenMP on (compile {' '.join(openmp[0])}, link "
+                  f"{' '.join(openmp[1])})", file=sys.stderr)
         else:
             simd = (["-fopenmp-simd"] if _builds_with(self.compiler, SIMD_PROBE,
                                                       flags + ["-fopenmp-simd"], link_flags)
@@ -111,11 +159,27 @@ class BuildExtWithOpenMP(build_ext):
             banner = "*" * 78
             print(f"{banner}\ncgru build: OpenMP OFF ({reason}); the engine will run on ONE thread.\n"
                   f"{banner}", file=sys.stderr)
-        # objects built with other flags (another CGRU_SANITIZE, CGRU_OPENMP, CFLAGS) are stale
-        # although their sources are not: rebuild everything when the flags change
+        # how this build was made, compiled into the extension for cgru.info(); the compiler's
+        # name and version come from its own macros there (cgru/_engine.pyx)
+        build_info = {
+            "compiler_command": " ".join(self.compiler.compiler_so),
+            "compile_flags": " ".join(compile_flags),
+            "link_flags": " ".join(link_flags),
+            "openmp_flags": " ".join(openmp[0]) if openmp else None,
+            "native": os.environ.get("CGRU_NATIVE") == "1",
+            "sanitize": sanitize,
+            "cython": cython_version,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+            "platform": sysconfig.get_platform(),
+        }
+        # objects built with other flags (another CGRU_SANITIZE, CGRU_OPENMP, CFLAGS) or build
+        # facts (another NumPy, Cython) are stale although their sources are not: rebuild
+        # everything when these change
         stamp = os.path.join(self.build_temp, "cgru-flags.txt")
         record = "\n".join([" ".join(self.compiler.compiler_so), " ".join(compile_flags),
-                            " ".join(self.compiler.linker_so), " ".join(link_flags)])
+                            " ".join(self.compiler.linker_so), " ".join(link_flags),
+                            json.dumps(build_info)])
         try:
             with open(stamp) as f:
                 self.force = self.force or f.read() != record
@@ -124,7 +188,8 @@ class BuildExtWithOpenMP(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = compile_flags
             ext.extra_link_args = link_flags
-            ext.define_macros = [("CGRU_BUILD_FLAGS", '"' + " ".join(compile_flags) + '"'),
+            ext.define_macros = [("CGRU_BUILD_FLAGS", _c_string(" ".join(compile_flags))),
+                                 ("CGRU_BUILD_INFO", _c_string(json.dumps(build_info))),
                                  ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         super().build_extensions()
         os.makedirs(self.build_temp, exist_ok=True)

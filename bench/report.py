@@ -10,7 +10,7 @@ each implementation; groups timed across a change of state are run again.
 The BLAS kernel. The benchmark runs without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (removed for
 its process only, as users' machines do not set them), and the report refuses to write
 BENCHMARKS.md when SciPy's OpenBLAS ran kernels of a lower instruction tier than this CPU
-supports (check() in bench/blas_kernel.py: AVX2 Haswell kernels on an AVX-512 CPU, say), both
+supports (check() in cgru/_blas_kernel.py: AVX2 Haswell kernels on an AVX-512 CPU, say), both
 before the benchmarks and after them (with the kernel each benchmark process recorded): the
 message names the kernel seen, the one expected and the likely cause. `--allow-kernel` (this
 script's own option, not passed to pytest), or CGRU_BENCH_ALLOW_KERNEL=1 in the environment,
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(HERE)
 OWN = {"cgru", "numpy reference", "cgru step()", "cgru whole sequence"}
 ALLOW_KERNEL = "--allow-kernel"
 sys.path.insert(0, HERE)
-import blas_kernel as blas  # noqa: E402  (bench/, standalone: no cgru import)
+from cgru import _blas_kernel as blas  # noqa: E402
 
 
 def pytest_args():
@@ -285,7 +285,7 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
 - Versions: Python {platform.python_version()}, {versions}
 - SciPy sgemm (1024^3, same run): {sgemm:.1f} GFLOP/s{dgemm}; SciPy's BLAS: {blas_kernel()} (run
   with {" and ".join(HELD_BLAS_VARIABLES)} removed, as on users' machines)
-- Kernel check (bench/blas_kernel.py): {kernel_line}
+- Kernel check (cgru/_blas_kernel.py, also in `cgru info`): {kernel_line}
 - float32 unless the pass says float64, medians; "vs fastest peer" divides by the fastest
   installed peer (torch, ONNX Runtime, Keras on each backend (keras/tensorflow is the TensorFlow
   peer: XLA for its predict, Keras's default graph for its training, the faster of each here;

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.linalg.blas
 
-import blas_kernel
+from cgru import _blas_kernel as blas_kernel
 import cgru
 from peers import THREADS, Cgru, available_peers, check_against_cgru, installed, problem
 

@@ -38,6 +38,8 @@ cdef extern from "cgru.h":
     int cgru_get_num_threads() nogil
     void cgru_set_num_threads(int) nogil
     void cgru_set_panels_mode(int) nogil
+    int cgru_panels_active() nogil
+    const char *cgru_kernel_isa() nogil
     int cgru_cpus_available() nogil
     int cgru_fork_serial() nogil
     int cgru_fork_keeps_threads() nogil
@@ -86,9 +88,36 @@ cdef extern from *:
     #define CGRU_BUILD_FLAGS "unknown"
     #endif
     static const char *cgru_build_flags = CGRU_BUILD_FLAGS;
+    #ifndef CGRU_BUILD_INFO
+    #define CGRU_BUILD_INFO "{}"
+    #endif
+    static const char *cgru_build_info = CGRU_BUILD_INFO;
+    #if defined(__apple_build_version__)
+    static const char *cgru_compiler = "Apple clang " __clang_version__;
+    #elif defined(__clang__)
+    static const char *cgru_compiler = "clang " __clang_version__;
+    #elif defined(__GNUC__)
+    static const char *cgru_compiler = "gcc " __VERSION__;
+    #else
+    static const char *cgru_compiler = "unknown";
+    #endif
+    #ifdef _OPENMP
+    static const long cgru_openmp_date = _OPENMP;
+    #else
+    static const long cgru_openmp_date = 0;
+    #endif
     """
     const char *cgru_build_flags
+    const char *cgru_build_info
+    const char *cgru_compiler
+    const long cgru_openmp_date
 BUILD_FLAGS = cgru_build_flags.decode()
+# what setup.py recorded about the build (JSON): compiler command, link flags, OpenMP flags, ...
+BUILD_INFO = cgru_build_info.decode()
+# the compiler that compiled this module and the engine, from its own predefined macros
+COMPILER = cgru_compiler.decode()
+# _OPENMP as the compiler defined it (yyyymm of the OpenMP specification), 0 without OpenMP
+OPENMP_DATE = cgru_openmp_date
 
 MAX_LAYERS = 64
 _FLOAT32 = np.dtype(np.float32)
@@ -242,6 +271,16 @@ def set_solo_test(int barrier_pass):
 def set_panels_mode(int mode):
     """Per-step products on packed panels (1), on BLAS (0), or as the CPU suggests (-1)."""
     cgru_set_panels_mode(mode)
+
+
+def panels_active():
+    """True when the per-step products run on packed panels now (AVX-512 CPUs), else BLAS."""
+    return bool(cgru_panels_active())
+
+
+def kernel_isa():
+    """The instruction set the gate kernels run with on this CPU (the runtime dispatch's pick)."""
+    return cgru_kernel_isa().decode()
 
 
 

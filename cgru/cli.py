@@ -3,7 +3,7 @@
     cgru demo                       train a forecaster on the shipped weekly CO2 series
     cgru train --csv F --column C   the same on your own series
     cgru predict --model M --csv F  forecast the values after the end of a series
-    cgru info                       version, OpenMP, threads, BLAS, build flags
+    cgru info                       version, compiler, flags, OpenMP, kernels, threads, BLAS
 
 Errors in arguments or files print one line and exit with status 2 (arguments) or 1 (anything
 else), never a traceback.
@@ -97,8 +97,9 @@ def _parser():
                          "trained on)")
     predict.add_argument("--output", help="write the CSV here instead of standard output")
 
-    sub.add_parser("info", help="version, OpenMP, threads, BLAS and build flags",
-                   description="Print what this cgru was built with and runs on.")
+    sub.add_parser("info", help="version, compiler and flags, OpenMP, kernels, threads, BLAS",
+                   description="Print what this cgru was built with (compiler, flags, OpenMP "
+                   "runtime) and runs on (the kernels the CPU dispatch chose, threads, BLAS).")
     return parser
 
 
@@ -205,13 +206,31 @@ def _predict(args):
 def _info():
     import cgru
     facts = cgru.info()
+    build = facts["build"]
+    unknown = "unknown (an extension built before cgru recorded it)"
     print(f"cgru {facts['version']}")
-    print(f"OpenMP: {'on' if facts['openmp'] else 'off (the engine runs on one thread)'}")
-    print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS); a call runs "
-          f"at most {facts['cpus_available']}, the CPUs this process may use")
+    print(f"compiler: {facts['compiler'] or unknown}"
+          + (f" ({build['compiler_command']})" if build.get("compiler_command") else ""))
+    print(f"build flags: {facts['build_flags']}")
+    link = facts["link_flags"]
+    print(f"link flags: {unknown if link is None else link or '(none)'}")
+    if build:
+        print(f"built with: Cython {build.get('cython')}, NumPy {build.get('numpy')}, Python "
+              f"{build.get('python')}, for {build.get('platform')}"
+              + ("; -march=native (CGRU_NATIVE=1)" if build.get("native") else "")
+              + (f"; sanitizers {build['sanitize']}" if build.get("sanitize") else ""))
+    if facts["openmp"]:
+        print(f"OpenMP: on ({build.get('openmp_flags') or 'flags unknown'}), "
+              f"{facts['openmp_version'] or 'version unknown'}; runtime "
+              f"{facts['openmp_runtime'] or 'unknown'}: {facts['openmp_runtime_path'] or unknown}")
+    else:
+        print("OpenMP: off (the engine runs on one thread)")
     print("fork: children keep their threads" if facts["fork_keeps_threads"] else
           "fork: children of a process that used threads run on one thread")
-    print(f"build flags: {facts['build_flags']}")
+    print(f"kernels (CPU dispatch): gates {facts['kernels'] or unknown}; per-step products "
+          f"{facts['recurrent_product'] or unknown}")
+    print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS); a call runs "
+          f"at most {facts['cpus_available']}, the CPUs this process may use")
     print("BLAS: SciPy's, through scipy.linalg.cython_blas"
           + ("; held to one thread per engine call" if facts["blas_threads_controlled"] else ""))
     from threadpoolctl import threadpool_info
@@ -224,6 +243,11 @@ def _info():
                 os.path.dirname(path)) else "loaded by another package"
             print(f"  {lib.get('internal_api')} {lib.get('version')} ({whose}; "
                   f"{lib.get('num_threads')} threads by default): {path}")
+    kernel = facts["blas_kernel"]
+    print(f"BLAS kernel: {kernel['running'] or 'unknown'} (the best this CPU supports: "
+          f"{kernel['expected'] or 'unknown'})")
+    if kernel["below"]:
+        print(f"warning: {kernel['message']}")
 
 
 def main(argv=None):

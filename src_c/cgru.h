@@ -65,6 +65,12 @@ void cgru_set_solo_test(int pass);
  * else on BLAS. cgru_set_panels_mode overrides that choice for the process (-1: follow the CPU,
  * 0: BLAS, 1: panels), for tests and comparisons. */
 void cgru_set_panels_mode(int mode);
+/* 1 when the per-step products now run on panels: the mode above, else whether the CPU has
+ * AVX-512 (panels.h) */
+int cgru_panels_active(void);
+/* The instruction set the gate kernels run with on this CPU: the clone that GCC's target_clones
+ * resolver picked where they are multiversioned (gates.h), else the one they were compiled for. */
+const char *cgru_kernel_isa(void);
 
 typedef struct {
     int time_steps, batch, input_size, hidden_size;  /* T, B, I, H */

@@ -75,9 +75,12 @@ static inline int cgru_step_active(const int64_t *lengths, int b, int t)
  * The kernels are compiled for several instruction sets and the best one the CPU has is picked at
  * load time (GCC's target_clones on x86-64 Linux), so the default build stays portable and still
  * runs AVX2 or AVX-512 where available. Elsewhere they compile once for the default target.
+ * target_clones needs GCC 12 for the x86-64-v3/v4 levels and glibc for its ifunc resolver (musl
+ * has none); cgru_kernel_isa() (layer.c) says which clone the resolver picked.
  */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(CGRU_NO_MULTIVERSION)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__) && defined(__GLIBC__) && !defined(CGRU_NO_MULTIVERSION)
+#define CGRU_MULTIVERSION 1
 #define CGRU_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static
 #else
 #define CGRU_KERNEL static

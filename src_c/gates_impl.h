@@ -295,11 +295,24 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
             {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
         static const lanes reversed = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 #endif
+#if defined(__clang__) || !defined(__GNUC__)
+        /* no __builtin_shuffle (clang): the same sums lane by lane, in the same order (each
+         * round adds lane j + h to lane j, h = VL/2 .. 1), so the results are bitwise equal */
+        (void)low, (void)high, (void)reversed;
+        vec sums;
+        for (int i = 0; i < VL; i++) {
+            vec a = acc[i];
+            for (int h = VL / 2; h >= 1; h /= 2)
+                for (int j = 0; j < h; j++) a[j] += a[j + h];
+            sums[i] = a[0];
+        }
+#else
         for (int round = 0, count = VL; count > 1; round++, count /= 2)
             for (int i = 0; i < count / 2; i++)
                 acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +
                          __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);
         vec sums = __builtin_shuffle(acc[0], reversed);
+#endif
         for (int i = 0; i < VL && K_vec < K; i++)
             for (int k = K_vec; k < K; k++) sums[i] += block[(long)i * K + k] * v[k];
         *(vec *)(out + n) = sums;

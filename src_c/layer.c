@@ -39,6 +39,29 @@ int cgru_panels_mode = -1;
 
 void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode > 0); }
 
+int cgru_panels_active(void) { return cgru_panels_preferred(); }
+
+const char *cgru_kernel_isa(void)
+{
+#ifdef CGRU_MULTIVERSION
+    /* the test of GCC's target_clones resolver for these levels, in its order (gates.h) */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2, FMA)";
+    return "x86-64 baseline (SSE2)";
+#elif defined(__AVX512F__)
+    return "AVX-512 (compiled for it; no runtime choice)";
+#elif defined(__AVX2__)
+    return "AVX2 (compiled for it; no runtime choice)";
+#elif defined(__x86_64__)
+    return "x86-64 baseline (SSE2; no runtime choice)";
+#elif defined(__aarch64__)
+    return "AArch64 NEON (no runtime choice)";
+#else
+    return "the compiler's default target (no runtime choice)";
+#endif
+}
+
 /* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
 static int loop_slices(int n_threads, int H, int align)
 {

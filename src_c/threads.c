@@ -166,6 +166,8 @@ static _Atomic int stalls_in_a_row = 0;     /* multi-thread calls that stalled, 
 
 /* Threads for a call cut into `parts`: fewer while recent calls stalled, or while other calls
  * hold the CPUs (then what they leave, at least one). */
+static _Atomic int teams_started = 0;        /* 1 once a call ran a team of several threads */
+
 static int threads_begin(int parts)
 {
     int want = parts;
@@ -178,6 +180,8 @@ static int threads_begin(int parts)
         atomic_fetch_sub_explicit(&threads_in_use, want - got, memory_order_relaxed);
         want = got;
     }
+    if (want > 1 && !atomic_load_explicit(&teams_started, memory_order_relaxed))
+        atomic_store_explicit(&teams_started, 1, memory_order_relaxed);
     return want;
 }
 
@@ -222,12 +226,31 @@ void cgru_reset_contention(void)
 /* ---- fork ----------------------------------------------------------------------------------- */
 
 /* omp_pause_resource_all is OpenMP 5.0; GCC's libgomp has it from GCC 9 while still reporting
- * _OPENMP 201511. LLVM's libomp resets itself in a fork child. */
-#if defined(_OPENMP) && (_OPENMP >= 201811 || \
-                         (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 9))
+ * _OPENMP 201511. LLVM's libomp (clang, Apple clang) resets itself in a fork child, and with it
+ * a child forked after omp_pause_resource_all hangs (tests/test_fork.py, clang 14 + libomp 14),
+ * so clang builds leave the pool to libomp. */
+#if defined(_OPENMP) && !defined(__clang__) && (_OPENMP >= 201811 || \
+                                                (defined(__GNUC__) && __GNUC__ >= 9))
 #define CGRU_PAUSE_BEFORE_FORK 1
 #elif defined(_OPENMP) && defined(__clang__)
 #define CGRU_RUNTIME_SURVIVES_FORK 1
+#endif
+
+#if defined(CGRU_RUNTIME_SURVIVES_FORK)
+#include <stdlib.h>
+#include <strings.h>
+/* libomp re-creates its thread pool in a fork child by atfork handlers that it registers when it
+ * starts, unless KMP_INIT_AT_FORK is false then (joblib and scikit-learn set it to FALSE when they
+ * are imported); without them a child's first parallel region after the parent's teams waits for
+ * ever. Read at the fork, it may have been set after libomp started: the child then runs serially
+ * where it need not, which is safe. */
+static int libomp_resets_at_fork(void)
+{
+    const char *v = getenv("KMP_INIT_AT_FORK");
+    if (v == NULL) return 1;
+    return !(v[0] == '0' || v[0] == 'f' || v[0] == 'F' || v[0] == 'n' || v[0] == 'N' ||
+             v[0] == '.' || strncasecmp(v, "off", 2) == 0 || strncasecmp(v, "disable", 7) == 0);
+}
 #endif
 
 static int pool_released_for_fork = 1;
@@ -237,7 +260,9 @@ int cgru_fork_serial(void) { return fork_serial; }
 
 int cgru_fork_keeps_threads(void)
 {
-#if defined(_OPENMP) && !defined(CGRU_PAUSE_BEFORE_FORK) && !defined(CGRU_RUNTIME_SURVIVES_FORK)
+#if defined(CGRU_RUNTIME_SURVIVES_FORK)
+    return libomp_resets_at_fork();
+#elif defined(_OPENMP) && !defined(CGRU_PAUSE_BEFORE_FORK)
     return 0;  /* children of a process that used threads run serially */
 #else
     return 1;
@@ -249,7 +274,11 @@ static void before_fork(void)
 {
 #if defined(CGRU_PAUSE_BEFORE_FORK)
     pool_released_for_fork = omp_pause_resource_all(omp_pause_hard) == 0;
-#elif defined(_OPENMP) && !defined(CGRU_RUNTIME_SURVIVES_FORK)
+#elif defined(CGRU_RUNTIME_SURVIVES_FORK)
+    /* without teams there is no pool for the child to inherit */
+    pool_released_for_fork = libomp_resets_at_fork() ||
+                             !atomic_load_explicit(&teams_started, memory_order_relaxed);
+#elif defined(_OPENMP)
     pool_released_for_fork = 0;
 #endif
 }

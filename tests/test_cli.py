@@ -1,4 +1,5 @@
 """The `cgru` command end to end: demo, train, predict, info, and its error paths."""
+import os
 import subprocess
 import sys
 
@@ -292,3 +293,15 @@ def test_demo_output_dir_that_cannot_be_created(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--output-dir", str(blocker / "sub"))
     assert code == 1 and out == ""
     assert err.startswith(f"cgru demo: error: cannot create --output-dir {blocker / 'sub'}")
+
+
+def test_info_warns_when_an_environment_variable_holds_the_blas_below_the_cpu(tmp_path):
+    from cgru import _blas_kernel
+    best = _blas_kernel.best_kernel()
+    if best is None or _blas_kernel.tier(best) < 4:
+        pytest.skip("needs a CPU with AVX-512, where OPENBLAS_CORETYPE=Haswell holds it back")
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    out = subprocess.run([sys.executable, "-m", "cgru", "info"], env=env, capture_output=True,
+                         text=True, timeout=120).stdout
+    warning = next(line for line in out.splitlines() if line.startswith("warning:"))
+    assert "Haswell" in warning and "OPENBLAS_CORETYPE=Haswell" in warning

@@ -40,8 +40,12 @@ def _run(body):
         with open(path, "w") as f:
             f.write(PRELUDE + textwrap.dedent(body))
         # its own process group, so that a hung grandchild is killed with it
+        # joblib and scikit-learn, once imported by another test, set KMP_INIT_AT_FORK=FALSE in
+        # this process; under LLVM's libomp that makes fork children run on one thread, so the
+        # scenarios run without it
+        env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
         proc = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp, env=env,
                                 start_new_session=True)
         try:
             out, err = proc.communicate(timeout=TIME_LIMIT_S)

@@ -1,7 +1,7 @@
 """Which OpenBLAS kernel SciPy's BLAS runs here, and whether it is the best this CPU supports.
 
 Standalone (NumPy, threadpoolctl and SciPy only; no cgru import), so that `cgru info` can use
-the same function: `check()` returns a `KernelCheck`; `python bench/blas_kernel.py` prints it.
+the same function: `check()` returns a `KernelCheck`; `python -m cgru._blas_kernel` prints it.
 
 OpenBLAS picks its kernels once, when it loads, from the CPU's instructions (DYNAMIC_ARCH
 builds, as SciPy's wheels are), unless OPENBLAS_CORETYPE names a core: then it runs that core's
