@@ -8,45 +8,52 @@ finally `on_train_end(logs)`. A callback stops training by setting `model.stop_t
 As in Keras, the batch hooks call `on_batch_begin` / `on_batch_end` unless overridden, so a
 callback may implement either name.
 """
+from __future__ import annotations
+
 import collections.abc
 import csv
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _checks, schedules
 
+if TYPE_CHECKING:
+    from .models import Model
+
 
 class Callback:
-    def __init__(self):
-        self.model = None
+    def __init__(self) -> None:
+        # Any, not Model | None: a hook reads self.model without checking it against None
+        self.model: Any = None
 
-    def set_model(self, model):
+    def set_model(self, model: Model) -> None:
         self.model = model
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.on_batch_begin(batch, logs)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.on_batch_end(batch, logs)
 
-    def on_batch_begin(self, batch, logs=None):
+    def on_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """Keras's older name for on_train_batch_begin."""
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """Keras's older name for on_train_batch_end."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
 
@@ -60,17 +67,17 @@ class History(Callback):
     """What `fit` returns: `history` maps each log name to its per-epoch values; `epoch` lists
     the epochs run."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.history = {}
-        self.epoch = []
+        self.history: dict[str, list[Any]] = {}
+        self.epoch: list[int] = []
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
 
 
@@ -110,20 +117,20 @@ class EarlyStopping(_Monitor):
     epochs in a row (Keras 3's rule: the check starts after the first epoch). With restore_best_weights=True the model ends training with the weights of its best
     epoch (as Keras 3 does, whether or not training stopped early)."""
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
-                 restore_best_weights=False):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
+                 mode: str = "auto", restore_best_weights: bool = False) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = _checks.non_negative_int(patience, "patience", "EarlyStopping")
         self.restore_best_weights = bool(restore_best_weights)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.wait = 0
         self.stopped_epoch = None
         self.best_epoch = None
         self.best_weights = None
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = self._current(logs)
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -135,7 +142,7 @@ class EarlyStopping(_Monitor):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
@@ -145,14 +152,15 @@ class ModelCheckpoint(_Monitor):
     when `monitor` improved; `filepath` may hold `{epoch}` and log names, e.g.
     'model-{epoch:03d}.npz'. In a distributed fit, rank 0 alone writes."""
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
-                 include_optimizer=True):
+    def __init__(self, filepath: str | os.PathLike[str], monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: str = "auto",
+                 include_optimizer: bool = True) -> None:
         super().__init__(monitor, mode)
         self.filepath = str(filepath)
         self.save_best_only = bool(save_best_only)
         self.include_optimizer = bool(include_optimizer)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         if self.save_best_only:
             value = self._current(logs)
@@ -177,8 +185,9 @@ class ReduceLROnPlateau(_Monitor):
     EarlyStopping (most often: monitoring 'val_loss' without validation data).
     """
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
-                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 verbose: int = 0, mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0,
+                 min_lr: float = 0.0) -> None:
         super().__init__(monitor, mode, min_delta)
         owner = "ReduceLROnPlateau"
         # Keras refuses factor >= 1 only; 0 or less would set a rate of 0 or below, which no
@@ -200,10 +209,10 @@ class ReduceLROnPlateau(_Monitor):
     def _improved(self, value):
         return self.best is None or super()._improved(value)
 
-    def in_cooldown(self):
+    def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._reset()
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
@@ -217,7 +226,7 @@ class ReduceLROnPlateau(_Monitor):
                             f"e.g. {type(optimizer).__name__}(learning_rate=0.001), or drop "
                             f"ReduceLROnPlateau")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         optimizer = self.model.optimizer
         logs["learning_rate"] = float(optimizer.learning_rate)
@@ -254,7 +263,8 @@ class CSVLogger(Callback):
     was empty). In a distributed fit, rank 0 alone writes.
     """
 
-    def __init__(self, filename, separator=",", append=False):
+    def __init__(self, filename: str | os.PathLike[str], separator: str = ",",
+                 append: bool = False) -> None:
         super().__init__()
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"CSVLogger: separator must be a single character, got "
@@ -267,7 +277,7 @@ class CSVLogger(Callback):
         self.append_header = True
         self.csv_file = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.csv_file is not None and not self.csv_file.closed:
             self.csv_file.close()
         self.csv_file = None
@@ -294,7 +304,7 @@ class CSVLogger(Callback):
             return f'"[{", ".join(map(str, value))}]"'
         return value
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.csv_file is None:  # another rank's callback, or on_train_begin was not called
             return
         logs = logs or {}
@@ -313,7 +323,7 @@ class CSVLogger(Callback):
         self.writer.writerow(row)
         self.csv_file.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.csv_file is not None and not self.csv_file.closed:
             self.csv_file.close()
         self.writer = None
@@ -327,20 +337,20 @@ class TerminateOnNaN(Callback):
     epoch, which catches a bad loss even where fit does not call the batch hooks.
     """
 
-    def __init__(self, raise_error=False):
+    def __init__(self, raise_error: bool = False) -> None:
         super().__init__()
         self.raise_error = _checks.flag(raise_error, "raise_error", "TerminateOnNaN")
         self.stopped = False
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.stopped = False
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self._terminate(f"Batch {batch}", f"batch {batch}", loss)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("loss")
         if not self.stopped and loss is not None and not np.isfinite(loss):
             self._terminate(f"Epoch {epoch + 1}", f"epoch {epoch + 1}", loss)

@@ -15,10 +15,16 @@ PyTorch, Keras 3, ONNX and texts that write the update gate the other way round.
   u = 1 - z, and since 1 - sigmoid(a) = sigmoid(-a), negating the update gate's rows converts
   (`from_seed_convention`).
 """
+from __future__ import annotations
+
+from typing import Mapping
+
 import numpy as np
 
+from ._typing import Array, ArrayLike
 
-def swap_gate_blocks(a, axis=0):
+
+def swap_gate_blocks(a: ArrayLike, axis: int = 0) -> Array:
     """Reorder the three gate blocks along `axis` between Keras/ONNX (z, r, n) and PyTorch/cgru
     (r, z, n). The swap is its own inverse."""
     a = np.asarray(a)
@@ -59,7 +65,7 @@ def keras_shapes(input_size, hidden_size, use_bias, reset_after):
     return shapes
 
 
-def from_seed_convention(state_dict):
+def from_seed_convention(state_dict: Mapping[str, ArrayLike]) -> dict[str, Array]:
     """Weights written for h' = (1 - u) * h + u * n (update gate u = 1 - z), converted to
     cgru's h' = (1 - z) * n + z * h.
 

@@ -24,6 +24,8 @@ How it runs:
 
 Dask is an optional dependency: `import cgru` never imports this module or dask.
 """
+from __future__ import annotations
+
 import copy
 import math
 import os
@@ -49,7 +51,7 @@ _threads_decided_pid = None
 _threads_lock = threading.Lock()
 
 
-def predict(model, X, batch_size=None):
+def predict(model: GRU | Model, X: da.Array, batch_size: int | None = None) -> da.Array:
     """The model's outputs for the sequences in X, as a lazy Dask array (nothing runs here).
 
     Args:

@@ -24,6 +24,8 @@ mpi4py is imported only when this module is used; without it, an ImportError say
 install. Outside `mpiexec` there is one rank, and `distributed=True` trains as
 `distributed=False` does.
 """
+from __future__ import annotations
+
 import os
 import sys
 import traceback
@@ -47,17 +49,17 @@ def _mpi():
     return MPI
 
 
-def rank():
+def rank() -> int:
     """This process's rank in MPI.COMM_WORLD (0 outside mpiexec)."""
     return _mpi().COMM_WORLD.Get_rank()
 
 
-def size():
+def size() -> int:
     """The number of ranks in MPI.COMM_WORLD (1 outside mpiexec)."""
     return _mpi().COMM_WORLD.Get_size()
 
 
-def is_root():
+def is_root() -> bool:
     """True on rank 0: the rank that saves files and prints progress."""
     return rank() == 0
 

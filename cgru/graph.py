@@ -18,25 +18,31 @@ tensor) and returns a list (one per output tensor); `backward_arrays(d_outputs)`
 that take none, such as integer indices); `output_masks(inputs, masks)` says each output's mask
 (a (batch, time) boolean array, or None).
 """
+from __future__ import annotations
+
+from typing import Iterable
+
 import numpy as np
+import numpy.typing as npt
 
 
 class KerasTensor:
     """A symbolic tensor: shape (batch first, None where free), dtype kind ('float' or 'int'),
     and the node that produces it (its `index`-th output)."""
 
-    def __init__(self, shape, kind, node, index, name):
-        self.shape = tuple(shape)
+    def __init__(self, shape: Iterable[int | None], kind: str, node: InputNode | Node,
+                 index: int, name: str | None) -> None:
+        self.shape: tuple[int | None, ...] = tuple(shape)
         self.kind = kind
         self.node = node
         self.index = index
         self.name = name
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<KerasTensor shape={self.shape}, kind={self.kind!r}, name={self.name!r}>"
 
 
@@ -56,7 +62,8 @@ class InputNode:
 _input_count = [0]  # Inputs made so far: their default names (input_layer, input_layer_1, ...)
 
 
-def Input(shape, batch_size=None, dtype=None, name=None):
+def Input(shape: int | Iterable[int | None], batch_size: int | None = None,
+          dtype: npt.DTypeLike | None = None, name: str | None = None) -> KerasTensor:
     """A symbolic input of `shape` (without the batch axis; None for a free size, e.g. (None, 3)
     for sequences of any length with 3 features, (None,) for token indices): the start of a
     `cgru.Model`, or the first entry of a `cgru.Sequential`. dtype: None or a float dtype for

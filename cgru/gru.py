@@ -4,13 +4,18 @@ This layer validates, lays arrays out contiguously, allocates one workspace per 
 each layer and direction to the C engine (which runs without the GIL). Everything per time step
 happens in C.
 """
+from __future__ import annotations
+
 import sys
 import threading
 import warnings
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _engine
+from ._typing import ArrayLike, FloatArray, Self
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -29,14 +34,14 @@ PREFERRED_BATCH_BLOCK = 256
 _threads_set_by_user = False
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of threads every engine call uses (OpenMP). Overrides OMP_NUM_THREADS."""
     global _threads_set_by_user
     _engine.set_num_threads(_checks.positive_int(n, "n", "set_num_threads"))
     _threads_set_by_user = True
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads an engine call uses: set_num_threads(n), else OMP_NUM_THREADS, else the cores."""
     return _engine.get_num_threads()
 
@@ -123,8 +128,10 @@ class GRU:
     torch does: the dropout applies between layers, so one layer never uses it.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, reset_after=True, dtype="float32", seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, dtype: npt.DTypeLike = "float32",
+                 seed: int | None = None) -> None:
         # the architecture is fixed at construction (read-only properties below): every
         # parameter shape and the engine's checks follow from it
         self._input_size = _checks.positive_int(input_size, "input_size", "GRU")
@@ -147,7 +154,7 @@ class GRU:
         self._init_run_state()
         H, D = self.hidden_size, self.num_directions
         bound = 1.0 / np.sqrt(H)
-        self.params = {}
+        self.params: dict[str, FloatArray] = {}
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else D * H
             for d in range(D):
@@ -157,7 +164,7 @@ class GRU:
                         continue
                     self.params[name] = _aligned(
                         self._rng.uniform(-bound, bound, shape).astype(self.dtype))
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.grads: dict[str, FloatArray] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._shapes = {k: v.shape for k, v in self.params.items()}
         _Parameter.register(self._shapes)
         # step(): parameter names by kind (weight_ih, weight_hh, bias_ih, bias_hh), layer by layer
@@ -165,35 +172,62 @@ class GRU:
 
     # ---- architecture: read-only ----------------------------------------------------------------
 
-    input_size = property(lambda self: self._input_size, doc="Features per time step (fixed).")
-    hidden_size = property(lambda self: self._hidden_size, doc="Hidden units (fixed).")
-    num_layers = property(lambda self: self._num_layers, doc="Stacked layers (fixed).")
-    bias = property(lambda self: self._bias, doc="Whether the layers have biases (fixed).")
-    bidirectional = property(lambda self: self._bidirectional, doc="Two directions (fixed).")
-    reset_after = property(lambda self: self._reset_after, doc="The reset variant (fixed).")
-    dtype = property(lambda self: self._dtype, doc="The parameters' dtype (fixed).")
+    @property
+    def input_size(self) -> int:
+        """Features per time step (fixed)."""
+        return self._input_size
 
     @property
-    def num_directions(self):
+    def hidden_size(self) -> int:
+        """Hidden units (fixed)."""
+        return self._hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        """Stacked layers (fixed)."""
+        return self._num_layers
+
+    @property
+    def bias(self) -> bool:
+        """Whether the layers have biases (fixed)."""
+        return self._bias
+
+    @property
+    def bidirectional(self) -> bool:
+        """Two directions (fixed)."""
+        return self._bidirectional
+
+    @property
+    def reset_after(self) -> bool:
+        """The reset variant (fixed)."""
+        return self._reset_after
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The parameters' dtype (fixed)."""
+        return self._dtype
+
+    @property
+    def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     @property
-    def batch_first(self):
+    def batch_first(self) -> bool:
         """Inputs and outputs are (B, T, features) when True, (T, B, features) when False."""
         return self._batch_first
 
     @batch_first.setter
-    def batch_first(self, value):
+    def batch_first(self, value: bool) -> None:
         self._batch_first = _checks.flag(value, "batch_first", "GRU")
 
     @property
-    def dropout(self):
+    def dropout(self) -> float:
         """Dropout on the outputs of every layer but the last, in training mode: a rate in
         [0, 1). With one layer it has nothing to apply to, and setting it > 0 warns (as torch)."""
         return self._dropout
 
     @dropout.setter
-    def dropout(self, value):
+    def dropout(self, value: float) -> None:
         # frames above the warning: _set_dropout, this setter, the user's line
         self._set_dropout(value, stacklevel=3)
 
@@ -280,7 +314,8 @@ class GRU:
         else:  # the entry was replaced by something the engine cannot use: a proper one again
             params[name] = _aligned(arr.astype(self.dtype))
 
-    def named_parameters(self, prefix="", recurse=True):
+    def named_parameters(self, prefix: str = "",
+                         recurse: bool = True) -> Iterator[tuple[str, FloatArray]]:
         """(name, array) for every parameter, in torch.nn.GRU's order: weight_ih_l0, weight_hh_l0,
         bias_ih_l0, bias_hh_l0, their _reverse, then the next layer. The arrays are the live
         parameters (writing into one changes the GRU). `prefix` is prepended as 'prefix.name';
@@ -289,7 +324,7 @@ class GRU:
         for name in self._shapes:
             yield lead + name, self.params[name]
 
-    def parameters(self, recurse=True):
+    def parameters(self, recurse: bool = True) -> Iterator[FloatArray]:
         """The live parameter arrays, in named_parameters()' order."""
         for _, value in self.named_parameters():
             yield value
@@ -302,24 +337,24 @@ class GRU:
         # interned, so that step()'s lookups by these names compare keys by identity
         return [sys.intern(kind + suffix) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Training mode: forwards keep what backward needs, and dropout applies."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Inference mode: forwards keep nothing and skip dropout."""
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, FloatArray]:
         """Copies of the parameters under PyTorch's names."""
         return {k: v.copy() for k, v in self.params.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         """Load parameters by PyTorch's names; refuses missing, unexpected or misshapen entries."""
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: state_dict must be a mapping of names to arrays, "
@@ -340,7 +375,7 @@ class GRU:
         for k, v in loaded.items():
             self.params[k][...] = v
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         # torch.nn.GRU's extra_repr (non-default options in its order), then cgru's own options
         options = [f"{self.input_size}", f"{self.hidden_size}"]
         if self.num_layers != 1:
@@ -453,10 +488,12 @@ class GRU:
 
     # ---- forward and backward -------------------------------------------------------------------
 
-    def __call__(self, x, h0=None, lengths=None):
+    def __call__(self, x: ArrayLike, h0: ArrayLike | None = None,
+                 lengths: ArrayLike | None = None) -> tuple[FloatArray, FloatArray]:
         return self.forward(x, h0, lengths)
 
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x: ArrayLike, h0: ArrayLike | None = None,
+                lengths: ArrayLike | None = None) -> tuple[FloatArray, FloatArray]:
         """Run the GRU over x; returns (y, h_n). In training mode, keeps what backward needs."""
         return self._run(x, h0, lengths, with_outputs=True)
 
@@ -609,7 +646,8 @@ class GRU:
                 h_n[:, b0:b1] = h_block
         return y, h_n
 
-    def backward(self, dy, dh_n=None):
+    def backward(self, dy: ArrayLike,
+                 dh_n: ArrayLike | None = None) -> tuple[FloatArray, FloatArray]:
         """Backpropagate through the last training-mode forward.
 
         dy has y's shape, dh_n h_n's (or None). Returns (dx, dh0) and adds the parameter
@@ -685,7 +723,8 @@ class GRU:
 
     # ---- streaming ------------------------------------------------------------------------------
 
-    def step(self, x_t, h=None, out=None):
+    def step(self, x_t: ArrayLike, h: FloatArray | None = None,
+             out: FloatArray | None = None) -> FloatArray:
         """One time step through all layers of a unidirectional GRU, for online use.
 
         x_t (B, input_size) and h (num_layers, B, hidden_size), or x_t (input_size,) and h

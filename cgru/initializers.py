@@ -5,9 +5,15 @@ Keras: a kernel is (fan_in, fan_out), e.g. a GRU kernel (input_size, 3 * units) 
 kernel (units, 3 * units). `rng` is a `numpy.random.Generator`; the model seeds it, so the same
 seed gives the same weights.
 """
+from __future__ import annotations
+
+from typing import Any, Iterable
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, _registry
+from ._typing import Array
 
 # Standard deviation of a unit normal truncated to [-2, 2]; dividing by it gives the truncated
 # draw the variance asked for (as Keras's variance-scaling initializers do).
@@ -35,7 +41,8 @@ def _truncated_normal(rng, shape, mean, stddev):
 
 
 class Initializer(_registry.Configurable):
-    def __call__(self, shape, rng, dtype="float32"):
+    def __call__(self, shape: Iterable[int], rng: np.random.Generator,
+                 dtype: npt.DTypeLike = "float32") -> Array:
         return np.asarray(self.sample(tuple(shape), rng), dtype=dtype)
 
 
@@ -50,7 +57,7 @@ class Ones(Initializer):
 
 
 class Constant(Initializer):
-    def __init__(self, value=0.0):
+    def __init__(self, value: float = 0.0) -> None:
         self.value = float(value)
 
     def sample(self, shape, rng):
@@ -61,7 +68,7 @@ class Constant(Initializer):
 
 
 class RandomUniform(Initializer):
-    def __init__(self, minval=-0.05, maxval=0.05):
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05) -> None:
         if not maxval > minval:
             raise ValueError(f"RandomUniform: maxval must exceed minval, got minval={minval}, "
                              f"maxval={maxval}")
@@ -75,7 +82,7 @@ class RandomUniform(Initializer):
 
 
 class RandomNormal(Initializer):
-    def __init__(self, mean=0.0, stddev=0.05):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean, self.stddev = float(mean), float(stddev)
 
     def sample(self, shape, rng):
@@ -88,7 +95,7 @@ class RandomNormal(Initializer):
 class TruncatedNormal(Initializer):
     """Normal(mean, stddev) with draws beyond two standard deviations redrawn (as Keras)."""
 
-    def __init__(self, mean=0.0, stddev=0.05):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean = float(_checks.number(mean, "mean", "TruncatedNormal"))
         self.stddev = float(_checks.positive(stddev, "stddev", "TruncatedNormal"))
 
@@ -140,7 +147,7 @@ class Orthogonal(Initializer):
     Keras's default for a GRU's recurrent kernel (units, 3 * units): its rows are orthonormal.
     """
 
-    def __init__(self, gain=1.0):
+    def __init__(self, gain: float = 1.0) -> None:
         self.gain = float(gain)
 
     def sample(self, shape, rng):
@@ -167,14 +174,14 @@ _BY_NAME = {
 }
 
 
-def get(identifier, argument="initializer"):
+def get(identifier: str | Initializer, argument: str = "initializer") -> Initializer:
     """An initializer from a name ('glorot_uniform', 'orthogonal', ...) or an instance."""
     return _registry.resolve(identifier, Initializer, _BY_NAME, argument, "initializers")
 
 
-def serialize(initializer):
+def serialize(initializer: Initializer) -> dict[str, Any]:
     return _registry.serialize(initializer)
 
 
-def deserialize(spec):
+def deserialize(spec: dict[str, Any]) -> Initializer:
     return _registry.deserialize(spec, set(_BY_NAME.values()))

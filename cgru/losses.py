@@ -5,11 +5,15 @@ returns d loss / d y_pred with y_pred's shape. Outputs are (batch, units) or, fo
 (batch, time, units); the loss averages over every position (batch and time) and, for the
 element-wise losses, over units too, as Keras does.
 """
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import numpy as np
 
 from . import _checks, _registry
+from ._typing import ArrayLike, FloatArray
 
 # Keras clips probabilities into [EPSILON, 1 - EPSILON] before taking logs.
 EPSILON = 1e-7
@@ -30,11 +34,11 @@ def _check_pair(y_true, y_pred, name):
 class Loss(_registry.Configurable):
     name = "loss"
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true: ArrayLike, y_pred: ArrayLike) -> float:
         y_true, y_pred = self._prepare(y_true, y_pred)
         return float(np.sum(self._pointwise(y_true, y_pred)) / self._count(y_pred))
 
-    def gradient(self, y_true, y_pred):
+    def gradient(self, y_true: ArrayLike, y_pred: ArrayLike) -> FloatArray:
         y_true, y_pred = self._prepare(y_true, y_pred)
         return (self._pointwise_gradient(y_true, y_pred) / self._count(y_pred)).astype(
             y_pred.dtype, copy=False)
@@ -88,7 +92,7 @@ class Huber(Loss):
 
     name = "huber_loss"
 
-    def __init__(self, delta=1.0):
+    def __init__(self, delta: float = 1.0) -> None:
         self.delta = float(_checks.positive(delta, "delta", "Huber"))
 
     def _pointwise(self, y, p):
@@ -100,7 +104,7 @@ class Huber(Loss):
     def _pointwise_gradient(self, y, p):
         return np.clip(p - y, -self.delta, self.delta)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"delta": self.delta}
 
 
@@ -124,7 +128,7 @@ class BinaryCrossentropy(Loss):
 
     name = "binary_crossentropy"
 
-    def __init__(self, from_logits=False):
+    def __init__(self, from_logits: bool = False) -> None:
         self.from_logits = bool(from_logits)
 
     def _pointwise(self, y, p):
@@ -143,7 +147,7 @@ class BinaryCrossentropy(Loss):
         # d/dp = (p - y) / (p (1 - p)) inside the clip range, 0 where clipped
         return np.where(inside, (q - y) / (q * (1 - q)), 0.0)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"from_logits": self.from_logits}
 
 
@@ -156,7 +160,7 @@ class CategoricalCrossentropy(Loss):
 
     name = "categorical_crossentropy"
 
-    def __init__(self, from_logits=False):
+    def __init__(self, from_logits: bool = False) -> None:
         self.from_logits = bool(from_logits)
 
     def _count(self, y_pred):
@@ -184,7 +188,7 @@ class CategoricalCrossentropy(Loss):
         d_q = np.where(inside, -y / np.clip(q, EPSILON, 1 - EPSILON), 0.0)
         return (d_q - (d_q * q).sum(axis=-1, keepdims=True)) / total
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"from_logits": self.from_logits}
 
 
@@ -226,14 +230,14 @@ _BY_NAME = {
 }
 
 
-def get(identifier):
+def get(identifier: str | Loss) -> Loss:
     """A loss from a name ('mse', 'binary_crossentropy', ...) or an instance."""
     return _registry.resolve(identifier, Loss, _BY_NAME, "loss", "losses")
 
 
-def serialize(loss):
+def serialize(loss: Loss) -> dict[str, Any]:
     return _registry.serialize(loss)
 
 
-def deserialize(spec):
+def deserialize(spec: dict[str, Any]) -> Loss:
     return _registry.deserialize(spec, set(_BY_NAME.values()))

@@ -3,29 +3,32 @@
 Each metric accumulates with `update(y_true, y_pred)` and reports `result()` over everything it
 saw since `reset()`, so an epoch's value does not depend on how the data was batched.
 """
+from __future__ import annotations
+
 import numpy as np
 
 from . import losses as _losses
+from ._typing import ArrayLike
 
 
 class Metric:
     name = "metric"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         self._total = 0.0
         self._count = 0
 
-    def result(self):
+    def result(self) -> float:
         return self._total / self._count if self._count else float("nan")
 
 
 class MeanSquaredError(Metric):
     name = "mse"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
         self._total += float(np.sum((y_pred - y_true) ** 2, dtype=np.float64))
         self._count += y_pred.size
@@ -34,14 +37,14 @@ class MeanSquaredError(Metric):
 class RootMeanSquaredError(MeanSquaredError):
     name = "rmse"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.sqrt(super().result()))
 
 
 class MeanAbsoluteError(Metric):
     name = "mae"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
         self._total += float(np.sum(np.abs(y_pred - y_true), dtype=np.float64))
         self._count += y_pred.size
@@ -52,7 +55,7 @@ class MeanAbsolutePercentageError(Metric):
 
     name = "mape"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
         scale = np.maximum(np.abs(y_true), y_pred.dtype.type(_losses.EPSILON))
         self._total += float(np.sum(100.0 * np.abs(y_true - y_pred) / scale, dtype=np.float64))
@@ -64,11 +67,11 @@ class BinaryAccuracy(Metric):
 
     name = "binary_accuracy"
 
-    def __init__(self, threshold=0.5):
+    def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         super().__init__()
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
         self._total += float(np.sum((y_pred > self.threshold) == (y_true > 0.5)))
         self._count += y_pred.size
@@ -77,7 +80,7 @@ class BinaryAccuracy(Metric):
 class CategoricalAccuracy(Metric):
     name = "categorical_accuracy"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_true, y_pred = _losses._check_pair(y_true, y_pred, self.name)
         hits = np.argmax(y_pred, axis=-1) == np.argmax(y_true, axis=-1)
         self._total += float(np.sum(hits))
@@ -87,7 +90,7 @@ class CategoricalAccuracy(Metric):
 class SparseCategoricalAccuracy(Metric):
     name = "sparse_categorical_accuracy"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true: ArrayLike, y_pred: ArrayLike) -> None:
         y_pred = np.asarray(y_pred)
         labels = np.asarray(y_true).reshape(y_pred.shape[:-1])
         hits = np.argmax(y_pred, axis=-1) == labels
@@ -106,7 +109,7 @@ _BY_NAME = {
 }
 
 
-def get(identifier, loss):
+def get(identifier: str | Metric, loss: _losses.Loss | None) -> Metric:
     """A fresh metric from its name; 'accuracy' picks the kind that matches the loss (as Keras)."""
     if isinstance(identifier, Metric):
         return identifier

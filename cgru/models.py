@@ -2,9 +2,12 @@
 and `Sequential` (the Model of a chain), with one implementation of compile / fit / predict /
 evaluate / save for both. The file format lives in `cgru.saving`.
 """
+from __future__ import annotations
+
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Sequence, overload
 
 import numpy as np
 
@@ -16,6 +19,14 @@ from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
 from . import saving as _saving
+from ._typing import Array, ArrayLike, FloatArray
+
+if TYPE_CHECKING:
+    from .graph import KerasTensor
+    from .layers import Layer
+    from .losses import Loss
+    from .metrics import Metric
+    from .optimizers import Optimizer
 
 # predict() runs blocks of samples whose layer outputs take at most this many bytes
 PREDICT_BLOCK_BYTES = 16 * 2**20
@@ -43,20 +54,22 @@ class Model:
         dtype: 'float32' (default) or 'float64'.
     """
 
-    def __init__(self, inputs=None, outputs=None, name="model", seed=None, dtype="float32"):
+    def __init__(self, inputs: KerasTensor | Sequence[KerasTensor] | None = None,
+                 outputs: KerasTensor | Sequence[KerasTensor] | None = None, name: str = "model",
+                 seed: int | None = None, dtype: str = "float32") -> None:
         if dtype not in ("float32", "float64"):
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.name = name
         self.dtype = np.dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
-        self.layers = []
+        self.layers: list[Layer] = []
         self.built = False
-        self.optimizer = None
-        self.loss = None
-        self.metric_names = []
+        self.optimizer: Optimizer | None = None
+        self.loss: Loss | None = None
+        self.metric_names: list[str] = []
         self.stop_training = False
-        self.metadata = {}
+        self.metadata: dict[str, Any] = {}
         self._graph = None
         self._single_input = self._single_output = True
         self._replicas = None      # during a distributed fit: the ranks (cgru.distributed)
@@ -98,15 +111,15 @@ class Model:
         self.built = True
 
     @property
-    def inputs(self):
+    def inputs(self) -> list[KerasTensor]:
         return list(self._graph.inputs) if self._graph else []
 
     @property
-    def outputs(self):
+    def outputs(self) -> list[KerasTensor]:
         return list(self._graph.outputs) if self._graph else []
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> Any:
         """The input's shape without the batch axis (None where free); a list for several."""
         shapes = [tuple(t.shape[1:]) for t in self.inputs]
         return shapes[0] if self._single_input and shapes else shapes
@@ -114,7 +127,7 @@ class Model:
     def _build_declared(self):
         """Build now if the input is declared (a Sequential's cgru.Input or input_shape)."""
 
-    def get_layer(self, name=None, index=None):
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """The layer called `name` (or at position `index` of `layers`)."""
         self._build_declared()
         if (name is None) == (index is None):
@@ -132,7 +145,7 @@ class Model:
                          f"{[layer.name for layer in self.layers]}")
 
     @property
-    def trainable_weights(self):
+    def trainable_weights(self) -> dict[str, FloatArray]:
         """{'layer/param': array}: what the optimizer updates."""
         return {f"{l.name}/{k}": v for l in self.layers for k, v in l.trainable.items()}
 
@@ -140,15 +153,15 @@ class Model:
     def _gradients(self):
         return {f"{l.name}/{k}": l.grads[k] for l in self.layers for k in l.trainable}
 
-    def count_params(self):
+    def count_params(self) -> int:
         return sum(layer.count_params() for layer in self.layers)
 
-    def get_weights(self):
+    def get_weights(self) -> list[Array]:
         """Every layer's weights, in Keras's layout and order."""
         self._build_declared()
         return [w for layer in self.layers for w in layer.get_weights()]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Iterable[ArrayLike]) -> None:
         """Set weights from a list like get_weights() returns; checks all before changing any."""
         self._require_built("set_weights")
         weights = list(weights)
@@ -170,7 +183,7 @@ class Model:
                 i += n
             raise
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         """Clear the kept states of every stateful GRU (Keras's model.reset_states())."""
         for layer in self.layers:
             if hasattr(layer, "reset_states"):
@@ -180,7 +193,7 @@ class Model:
     def _stateful(self):
         return any(getattr(getattr(l, "layer", l), "stateful", False) for l in self.layers)
 
-    def summary(self, print_fn=print):
+    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
         """Print (and return) the layers, their output shapes and parameter counts."""
         self._require_built("summary")
         rows = [("Layer (type)", "Output Shape", "Param #")]
@@ -210,14 +223,14 @@ class Model:
             raise RuntimeError(f"{what} needs a built model: call model.build((None, time, "
                                f"features)), or fit/predict once, or start with cgru.Input")
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """The architecture as JSON values (layers, graph); `Model.from_config` rebuilds it
         with fresh weights."""
         self._require_built("get_config")
         return _saving.architecture(self)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Model:
         """A model of the architecture `config` (from get_config), with fresh weights."""
         return _saving.from_architecture(config)
 
@@ -255,11 +268,12 @@ class Model:
     def _build_from_data(self, x, name):
         raise RuntimeError("a Model is built when it is made")
 
-    def __call__(self, x, training=False):
+    def __call__(self, x: ArrayLike | Sequence[ArrayLike], training: bool = False) -> Any:
         outs, _ = self._forward(self._inputs(x), training)
         return outs[0] if self._single_output else outs
 
-    def predict(self, x, batch_size=32, verbose=0):
+    def predict(self, x: ArrayLike | Sequence[ArrayLike], batch_size: int = 32,
+                verbose: int = 0) -> Any:
         """Model outputs for x in inference mode.
 
         The model runs in blocks of samples chosen for speed and bounded memory
@@ -301,7 +315,8 @@ class Model:
                 per_sample += int(np.prod(shape)) * self.dtype.itemsize
         return max(1, PREDICT_BLOCK_BYTES // max(1, per_sample))
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+    def compile(self, optimizer: str | Optimizer = "rmsprop", loss: str | Loss | None = None,
+                metrics: Sequence[str | Metric] | None = None) -> None:
         """Choose the optimizer (name or instance), the loss (name or instance) and metrics."""
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='mse'")
@@ -348,7 +363,9 @@ class Model:
                 _broadcast_weights(weights, per_class.shape) * per_class
         return weights
 
-    def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
+    def train_on_batch(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike,
+                       sample_weight: ArrayLike | None = None,
+                       class_weight: dict[int, float] | None = None) -> float:
         """One optimizer update on one batch; returns the batch's loss (before the update)."""
         self._require_compiled("train_on_batch")
         xs = self._inputs(x)
@@ -356,7 +373,8 @@ class Model:
         weights = self._weights(sample_weight, class_weight, y, len(y))
         return self._train_step(xs, y, weights)[0]
 
-    def gradients(self, x, y, training=True):
+    def gradients(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike,
+                  training: bool = True) -> tuple[float, dict[str, FloatArray]]:
         """(loss, {'layer/param': gradient}) for one batch, without updating anything.
         training=True applies dropout as fit does."""
         self._require_compiled("gradients")
@@ -429,7 +447,24 @@ class Model:
         """False on the ranks other than 0 during a distributed fit: checkpoints are rank 0's."""
         return self._replicas is None or self._replicas.is_root
 
-    def evaluate(self, x, y, batch_size=32, verbose=0, sample_weight=None, return_dict=False):
+    @overload
+    def evaluate(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike, batch_size: int = ...,
+                 verbose: int = ..., sample_weight: ArrayLike | None = ..., *,
+                 return_dict: Literal[True]) -> dict[str, float]: ...
+
+    @overload
+    def evaluate(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike, batch_size: int = ...,
+                 verbose: int = ..., sample_weight: ArrayLike | None = ...,
+                 return_dict: Literal[False] = ...) -> float | list[float]: ...
+
+    @overload
+    def evaluate(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike, batch_size: int = ...,
+                 verbose: int = ..., sample_weight: ArrayLike | None = ...,
+                 return_dict: bool = ...) -> float | list[float] | dict[str, float]: ...
+
+    def evaluate(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike, batch_size: int = 32,
+                 verbose: int = 0, sample_weight: ArrayLike | None = None,
+                 return_dict: bool = False) -> float | list[float] | dict[str, float]:
         """The loss and metrics over x, y in inference mode: with return_dict=True a dict
         {'loss': ..., metric: ...}; else, as Keras, the loss alone when there are no metrics, or
         the list [loss, metric, ...]."""
@@ -464,9 +499,13 @@ class Model:
             total, count = replicas.sum_metrics(metrics, (total, count))
         return {"loss": total / count, **{m.name: m.result() for m in metrics}}
 
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            sample_weight=None, class_weight=None, distributed=False):
+    def fit(self, x: ArrayLike | Sequence[ArrayLike], y: ArrayLike, batch_size: int = 32,
+            epochs: int = 1, verbose: int = 1,
+            callbacks: Sequence[_callbacks.Callback] | None = None,
+            validation_split: float = 0.0, validation_data: Sequence[Any] | None = None,
+            shuffle: bool = True, initial_epoch: int = 0, sample_weight: ArrayLike | None = None,
+            class_weight: dict[int, float] | None = None,
+            distributed: bool = False) -> _callbacks.History:
         """Train for `epochs` passes over (x, y); returns a `cgru.callbacks.History`.
 
         validation_split takes the last fraction of the samples (before shuffling, as Keras);
@@ -623,7 +662,8 @@ class Model:
 
     # ---- saving ---------------------------------------------------------------------------------
 
-    def save(self, path, include_optimizer=True, metadata=None):
+    def save(self, path: str | os.PathLike[str], include_optimizer: bool = True,
+             metadata: dict[str, Any] | None = None) -> None:
         """Write architecture, weights and (by default) optimizer state to one .npz file,
         atomically (see cgru.saving). `metadata`: a dict of JSON values kept with the model.
         The path must end in .npz (or have no extension): cgru writes its own format only."""
@@ -646,7 +686,9 @@ class Sequential(Model):
     scores sequences of 20.
     """
 
-    def __init__(self, layers=None, name="sequential", seed=None, dtype="float32"):
+    def __init__(self, layers: Iterable[Layer | KerasTensor] | None = None,
+                 name: str = "sequential", seed: int | None = None,
+                 dtype: str = "float32") -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)
         self._declared_shape = None
         self._declared_batch = None
@@ -654,7 +696,7 @@ class Sequential(Model):
         for layer in layers or []:
             self.add(layer)
 
-    def add(self, layer):
+    def add(self, layer: Layer | KerasTensor) -> None:
         if _graph.is_symbolic(layer):
             if not isinstance(layer.node, _graph.InputNode):
                 raise TypeError("Sequential.add takes layers, or a cgru.Input first; got the "
@@ -682,12 +724,12 @@ class Sequential(Model):
         self.layers.append(layer)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> Any:
         if self.built:
             return tuple(self._graph.inputs[0].shape[1:])
         return self._declared_shape
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int | None]) -> None:
         """Create every layer's weights for inputs of `input_shape` = (batch, time, features)
         (batch and time may be None; (batch, time) for an Embedding's indices)."""
         if not self.layers:
@@ -735,7 +777,7 @@ class Sequential(Model):
         super()._require_built(what)
 
 
-def load_model(path, compile=True):
+def load_model(path: str | os.PathLike[str], compile: bool = True) -> Model:
     """Read a model written by `save` (see cgru.saving): a Sequential or a Model. Runs no code
     from the file; a damaged, foreign or crafted file raises ValueError naming the file and the
     cause (a missing file, FileNotFoundError). compile=False skips the optimizer, loss and

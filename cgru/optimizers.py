@@ -8,11 +8,15 @@ L2 weight decay (`weight_decay * param` is added to the gradient, which is the g
 one). `learning_rate` is a number or a schedule from `cgru.optimizers.schedules`, evaluated at
 the number of updates done so far (`iterations`).
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Mapping
 
 import numpy as np
 
 from . import _checks, _registry, schedules
+from ._typing import ArrayLike, FloatArray
 
 
 def _optional_float(value, name, cls):
@@ -24,8 +28,9 @@ def _optional_float(value, name, cls):
 class Optimizer:
     slot_names = ()
 
-    def __init__(self, learning_rate, weight_decay=0.0, clipnorm=None, clipvalue=None,
-                 global_clipnorm=None):
+    def __init__(self, learning_rate: float | schedules.LearningRateSchedule,
+                 weight_decay: float = 0.0, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None) -> None:
         cls = type(self).__name__
         if isinstance(learning_rate, schedules.LearningRateSchedule):
             self.learning_rate = learning_rate
@@ -46,11 +51,11 @@ class Optimizer:
 
     # ---- the pipeline ---------------------------------------------------------------------------
 
-    def current_learning_rate(self):
+    def current_learning_rate(self) -> float:
         lr = self.learning_rate
         return float(lr(self.iterations)) if callable(lr) else lr
 
-    def apply(self, params, grads):
+    def apply(self, params: Mapping[str, FloatArray], grads: Mapping[str, ArrayLike]) -> None:
         """One update of every array in `params` (in place) from `grads`."""
         missing = sorted(set(params) - set(grads))
         if missing:
@@ -89,19 +94,20 @@ class Optimizer:
 
     # ---- saving ---------------------------------------------------------------------------------
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         lr = self.learning_rate
         return {"learning_rate": schedules.serialize(lr) if callable(lr) else lr,
                 "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
                 "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
 
-    def get_state(self):
+    def get_state(self) -> tuple[dict[str, FloatArray], int]:
         """{'slot/param_name': array} and the number of updates done."""
         arrays = {f"{slot}/{name}": value for slot, table in self.slots.items()
                   for name, value in table.items()}
         return arrays, self.iterations
 
-    def set_state(self, arrays, iterations, params):
+    def set_state(self, arrays: Mapping[str, FloatArray], iterations: int,
+                  params: Mapping[str, FloatArray]) -> None:
         """Restore slots saved by get_state; each must match its parameter's shape."""
         slots = {name: {} for name in self.slot_names}
         for key, value in arrays.items():
@@ -116,7 +122,7 @@ class Optimizer:
         self.slots = slots
         self.iterations = int(iterations)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if v)
         return f"{type(self).__name__}({args})"
 
@@ -127,7 +133,8 @@ class SGD(Optimizer):
 
     slot_names = ("momentum",)
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+    def __init__(self, learning_rate: float | schedules.LearningRateSchedule = 0.01,
+                 momentum: float = 0.0, nesterov: bool = False, **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.momentum = _checks.rate(momentum, "momentum", "SGD")
         self.nesterov = bool(nesterov)
@@ -149,7 +156,7 @@ class SGD(Optimizer):
         else:
             param += velocity
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
@@ -160,7 +167,9 @@ class Adam(Optimizer):
 
     slot_names = ("m", "v")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+    def __init__(self, learning_rate: float | schedules.LearningRateSchedule = 0.001,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.beta_1 = _checks.rate(beta_1, "beta_1", "Adam")
         self.beta_2 = _checks.rate(beta_2, "beta_2", "Adam")
@@ -174,7 +183,7 @@ class Adam(Optimizer):
         v += (1 - self.beta_2) * (np.square(grad) - v)
         param -= step * m / (np.sqrt(v) + self.epsilon)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon}
 
@@ -185,8 +194,9 @@ class RMSprop(Optimizer):
 
     slot_names = ("velocity", "average_grad", "momentum")
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
-                 **kwargs):
+    def __init__(self, learning_rate: float | schedules.LearningRateSchedule = 0.001,
+                 rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
+                 centered: bool = False, **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.rho = _checks.rate(rho, "rho", "RMSprop")
         self.momentum = _checks.rate(momentum, "momentum", "RMSprop")
@@ -215,7 +225,7 @@ class RMSprop(Optimizer):
         else:
             param -= increment
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
                 "epsilon": self.epsilon, "centered": self.centered}
 
@@ -223,16 +233,16 @@ class RMSprop(Optimizer):
 _BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
 
 
-def get(identifier):
+def get(identifier: str | Optimizer) -> Optimizer:
     """An optimizer from a name ('adam', 'sgd', 'rmsprop', with Keras's defaults) or an instance."""
     return _registry.resolve(identifier, Optimizer, _BY_NAME, "optimizer", "optimizers")
 
 
-def serialize(optimizer):
+def serialize(optimizer: Optimizer) -> dict[str, Any]:
     return _registry.serialize(optimizer)
 
 
-def deserialize(spec):
+def deserialize(spec: dict[str, Any]) -> Optimizer:
     config = dict(spec["config"])
     if isinstance(config["learning_rate"], dict):
         config["learning_rate"] = schedules.deserialize(config["learning_rate"])

@@ -35,9 +35,13 @@ same data give the same predictions, bit for bit.
 
 scikit-learn is an optional dependency: `import cgru` never imports this module or scikit-learn.
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 try:  # absolute imports: the top-level scikit-learn package, not this module
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -57,6 +61,7 @@ except ImportError:  # scikit-learn < 1.6: the same function is a method of Base
 from . import callbacks as _callbacks
 from . import layers as _layers
 from . import optimizers as _optimizers
+from ._typing import ArrayLike, Self
 from .models import Sequential
 
 __all__ = ["GRURegressor", "GRUClassifier"]
@@ -149,10 +154,13 @@ class _GRUEstimator(BaseEstimator):
     network and its training. Subclasses define `fit` (checking and encoding y), `_output` (the
     output layer and the loss) and the prediction methods."""
 
-    def __init__(self, units=32, num_layers=1, bidirectional=False, dropout=0.0, epochs=100,
-                 batch_size=32, learning_rate=1e-3, optimizer="adam", validation_fraction=0.0,
-                 early_stopping=False, patience=10, shuffle=True, random_state=None, verbose=0,
-                 dtype="float32"):
+    def __init__(self, units: int = 32, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, epochs: int = 100, batch_size: int = 32,
+                 learning_rate: float = 1e-3, optimizer: str = "adam",
+                 validation_fraction: float = 0.0, early_stopping: bool = False,
+                 patience: int = 10, shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, verbose: int = 0,
+                 dtype: str = "float32") -> None:
         # stored as given (scikit-learn's rule): fit checks them
         self.units = units
         self.num_layers = num_layers
@@ -407,7 +415,7 @@ class GRURegressor(RegressorMixin, _GRUEstimator):
     def _more_tags(self):
         return {**super()._more_tags(), "multioutput": True}
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Train a new network on sequences X and targets y.
 
         Parameters
@@ -434,7 +442,7 @@ class GRURegressor(RegressorMixin, _GRUEstimator):
         """(units, activation, loss) of the output layer: linear, one unit per target."""
         return targets.shape[1], None, "mse"
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> npt.NDArray[np.float64]:
         """Predicted targets for sequences X.
 
         Parameters
@@ -483,7 +491,7 @@ class GRUClassifier(ClassifierMixin, _GRUEstimator):
     (2, 2)
     """
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Train a new network on sequences X and class labels y.
 
         Parameters
@@ -515,7 +523,7 @@ class GRUClassifier(ClassifierMixin, _GRUEstimator):
             return 1, "sigmoid", "binary_crossentropy"
         return len(self.classes_), "softmax", "sparse_categorical_crossentropy"
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> npt.NDArray[np.float64]:
         """Class probabilities for sequences X.
 
         Parameters
@@ -533,7 +541,7 @@ class GRUClassifier(ClassifierMixin, _GRUEstimator):
             return np.column_stack([1.0 - out[:, 0], out[:, 0]])
         return out / out.sum(axis=1, keepdims=True)  # the softmax, summed in float64
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> npt.NDArray[Any]:
         """Predicted class labels for sequences X: the most probable class of each.
 
         Parameters

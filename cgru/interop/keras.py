@@ -8,6 +8,10 @@ get_weights / set_weights. Masks need no conversion: both frameworks derive them
 layers. Anything else (another layer, a Keras op applied to tensors, a layer called twice)
 raises ValueError naming it.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from .. import graph as _graph
@@ -132,7 +136,7 @@ def _layer_to_keras(keras, layer):
 
 # ---- Keras -> cgru ------------------------------------------------------------------------------
 
-def from_keras(layer_or_model):
+def from_keras(layer_or_model: Any) -> Model | _layers.Layer:
     """The cgru counterpart of a built Keras 3 model or layer, with its weights: a Sequential
     gives a cgru.Sequential, a functional Model a cgru.Model, one layer a built cgru layer."""
     obj = layer_or_model
@@ -264,7 +268,7 @@ def _from_functional(keras_model):
 
 # ---- cgru -> Keras ------------------------------------------------------------------------------
 
-def to_keras(model):
+def to_keras(model: Model) -> Any:
     """A built Keras model with the layers and weights of a built cgru.Sequential (a
     keras.Sequential) or cgru.Model (a functional keras.Model)."""
     keras = _keras()

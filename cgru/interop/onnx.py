@@ -3,7 +3,10 @@
 ONNX keeps W (D, 3H, I), R (D, 3H, H), B (D, 6H) = [Wb, Rb] in gate order z, r, n, and
 `linear_before_reset` is cgru's `reset_after` (see cgru.conventions).
 """
+from __future__ import annotations
+
 import json
+import os
 
 import numpy as np
 
@@ -66,7 +69,8 @@ class _Graph:
         return self.op("Reshape", [t, self.const("shape", np.array([0, -1], np.int64))])
 
 
-def export_onnx(gru_or_model, path, lengths=False):
+def export_onnx(gru_or_model: GRU | Sequential, path: str | os.PathLike[str],
+                lengths: bool = False) -> None:
     """Write a cgru.GRU or cgru.Sequential to an .onnx file (opset 17) that ONNX Runtime runs
     with the same outputs.
 
@@ -310,7 +314,7 @@ def _set_gru_weights(params, names_per_direction, block, use_bias):
             params[b_hh][...] = swap_gate_blocks(block["B"][d][3 * H:])
 
 
-def load_onnx(path):
+def load_onnx(path: str | os.PathLike[str]) -> GRU | Sequential:
     """Read GRU nodes (and MatMul/Gemm + Add, with a Relu/Sigmoid/Tanh/Softmax after them, as
     Dense layers) from an .onnx file.
 

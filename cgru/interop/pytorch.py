@@ -1,12 +1,19 @@
 """torch.nn.GRU <-> cgru.GRU: the same names, layout and gate order, so the state dict moves as
 it is."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..gru import GRU
 from ._common import require
 
+if TYPE_CHECKING:
+    import torch
 
-def from_torch(module):
+
+def from_torch(module: torch.nn.GRU) -> GRU:
     """A cgru.GRU with the options and weights of a `torch.nn.GRU` (any layers, directions,
     batch_first, bias); float64 modules give a float64 GRU, others float32."""
     torch = require("torch", "torch==2.13.0")
@@ -23,7 +30,7 @@ def from_torch(module):
     return gru
 
 
-def to_torch(gru):
+def to_torch(gru: GRU) -> torch.nn.GRU:
     """A `torch.nn.GRU` with the options and weights of a cgru.GRU (reset_after=True only:
     PyTorch has no reset-before GRU)."""
     torch = require("torch", "torch==2.13.0")

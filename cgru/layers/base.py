@@ -8,10 +8,15 @@ runs through the graph protocol of `cgru.graph` (`forward_arrays`, `backward_arr
 and `backward(d_out)` and inherits the rest. Backward returns the gradient for the layer's
 input and adds parameter gradients into `layer.grads` (the model zeroes them before each batch).
 """
+from __future__ import annotations
+
+from typing import Any, Sequence
+
 import numpy as np
 
 from .. import graph as _graph
 from .. import initializers
+from .._typing import Array, ArrayLike, FloatArray
 
 
 # The most units a layer read from a file may declare (a GRU of 65536 units holds 51 GB of
@@ -96,20 +101,22 @@ class Layer:
     Keras's `input_shape=(time, features)` (or `batch_input_shape`, `batch_size`) is accepted
     by every layer: on the first layer of a Sequential it declares the model's input."""
 
-    def __init__(self, name=None, input_shape=None, batch_input_shape=None, batch_size=None):
+    def __init__(self, name: str | None = None, input_shape: Sequence[int | None] | None = None,
+                 batch_input_shape: Sequence[int | None] | None = None,
+                 batch_size: int | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"{type(self).__name__}: name must be a non-empty string without "
                              f"'/', got {name!r}")
         self.name = name
         self.built = False
         self.input_shape = None
-        self.params = {}
-        self.grads = {}
+        self.params: dict[str, FloatArray] = {}
+        self.grads: dict[str, FloatArray] = {}
         self.declared_batch_size, self.declared_input_shape = _declared_shape(
             type(self).__name__, input_shape, batch_input_shape, batch_size)
 
     @property
-    def trainable(self):
+    def trainable(self) -> dict[str, FloatArray]:
         """{name: array} the optimizer updates (a subset of params)."""
         return self.params
 
@@ -184,7 +191,8 @@ class Layer:
                             f"{', '.join(sorted(call_args))}")
         return [inputs]
 
-    def __call__(self, inputs, training=False, mask=None, **call_args):
+    def __call__(self, inputs: Any, training: bool = False, mask: ArrayLike | None = None,
+                 **call_args: Any) -> Any:
         """On symbolic tensors: a KerasTensor (or a list, for several outputs) for a functional
         model. On arrays: the layer's output in inference mode (training=True applies dropout),
         building the layer on first use with a fresh random generator; `mask` (batch, time)."""
@@ -244,14 +252,14 @@ class Layer:
 
     # ---- weights ------------------------------------------------------------------------------
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
 
-    def count_params(self):
+    def count_params(self) -> int:
         return int(sum(p.size for p in self.trainable.values()))
 
-    def get_weights(self):
+    def get_weights(self) -> list[Array]:
         return [self.params[k].copy() for k in self.params]
 
     def _require_weights(self):
@@ -261,7 +269,7 @@ class Layer:
             raise ValueError(f"layer '{self._label}' is not built yet, so it has no weights to "
                              f"set: call it on data, or build the model it is in, first")
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         self._require_weights()
         names = list(self.params)
         if len(weights) != len(names):
@@ -277,10 +285,10 @@ class Layer:
         for name, w in zip(names, arrays):
             self.params[name][...] = w
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 

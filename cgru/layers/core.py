@@ -3,9 +3,14 @@
 Masks are (batch, time) booleans: Embedding(mask_zero=True) and Masking make them, the GRU and
 Bidirectional read them, and the other layers here pass them on.
 """
+from __future__ import annotations
+
+from typing import Any, Sequence
+
 import numpy as np
 
 from .. import _checks, initializers
+from .._typing import Array, ArrayLike, FloatArray, Self
 from .base import Layer, _config, _construct, _initializer, _same_config
 
 ACTIVATIONS = (None, "linear", "relu", "sigmoid", "tanh", "softmax")
@@ -15,8 +20,10 @@ class Dense(Layer):
     """y = activation(x @ kernel + bias) on the last axis: (batch, features) or, per time step,
     (batch, time, features). kernel (features, units) as in Keras."""
 
-    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None, **shape_keywords):
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: str | initializers.Initializer = "glorot_uniform",
+                 bias_initializer: str | initializers.Initializer = "zeros",
+                 name: str | None = None, **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         self.units = _checks.positive_int(units, "units", "Dense")
         if activation not in ACTIVATIONS:
@@ -91,14 +98,14 @@ class Dense(Layer):
             self.grads["bias"] += dz2.sum(axis=0)
         return (dz @ self.params["kernel"].T).astype(self.dtype, copy=False)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "Dense")
         args = dict(config)
         for key in ("kernel_initializer", "bias_initializer"):
@@ -106,7 +113,7 @@ class Dense(Layer):
                 args[key] = _initializer(args[key], key, "Dense")
         return _same_config(_construct(cls, args), config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dense({self.units}, activation={self.activation!r}, name={self.name!r})"
 
 
@@ -114,7 +121,7 @@ class Dropout(Layer):
     """Zeroes each input element with probability `rate` in training and scales the rest by
     1 / (1 - rate); the identity at inference."""
 
-    def __init__(self, rate, name=None, **shape_keywords):
+    def __init__(self, rate: float, name: str | None = None, **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         self.rate = _checks.rate(rate, "rate", "Dropout")
         self._mask = None
@@ -133,15 +140,15 @@ class Dropout(Layer):
     def release(self):
         self._mask = None
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "rate": self.rate}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "Dropout")
         return _same_config(_construct(cls, dict(config)), config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dropout({self.rate}, name={self.name!r})"
 
 
@@ -153,8 +160,10 @@ class Embedding(Layer):
     after it read (a GRU then skips those steps), and input_dim must count index 0. Indices
     must be integers in [0, input_dim)."""
 
-    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False,
-                 name=None, **shape_keywords):
+    def __init__(self, input_dim: int, output_dim: int,
+                 embeddings_initializer: str | initializers.Initializer = "uniform",
+                 mask_zero: bool = False, name: str | None = None,
+                 **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         self.input_dim = _checks.positive_int(input_dim, "input_dim", "Embedding")
         self.output_dim = _checks.positive_int(output_dim, "output_dim", "Embedding")
@@ -222,13 +231,13 @@ class Embedding(Layer):
             return mask
         return np.asarray(x) != 0
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "mask_zero": self.mask_zero,
                 "embeddings_initializer": initializers.serialize(self.embeddings_initializer)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "Embedding")
         args = dict(config)
         if "embeddings_initializer" in args:
@@ -242,7 +251,8 @@ class Masking(Layer):
     layers after it read (a GRU skips those steps). Its output is the input with those steps
     zeroed, as Keras's."""
 
-    def __init__(self, mask_value=0.0, name=None, **shape_keywords):
+    def __init__(self, mask_value: float = 0.0, name: str | None = None,
+                 **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         self.mask_value = float(_checks.number(mask_value, "mask_value", "Masking"))
         self._cache = None
@@ -266,11 +276,11 @@ class Masking(Layer):
         keep = self._keep(np.asarray(x))
         return keep if mask is None else keep & mask
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_value": self.mask_value}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "Masking")
         return _same_config(_construct(cls, dict(config)), config)
 
@@ -279,7 +289,8 @@ class TimeDistributed(Layer):
     """Applies `layer` to every time step: (batch, time, ...) -> (batch, time, ...'). The
     layer's weights are shared by all steps; the mask passes on."""
 
-    def __init__(self, layer, name=None, **shape_keywords):
+    def __init__(self, layer: Dense | Dropout, name: str | None = None,
+                 **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         if not isinstance(layer, (Dense, Dropout)):
             raise TypeError(f"TimeDistributed wraps a cgru.layers.Dense or Dropout, got "
@@ -302,7 +313,7 @@ class TimeDistributed(Layer):
         self.params, self.grads = self.layer.params, self.layer.grads
 
     @property
-    def trainable(self):
+    def trainable(self) -> dict[str, FloatArray]:
         return self.layer.trainable
 
     def param_shapes(self, input_shape):
@@ -326,18 +337,18 @@ class TimeDistributed(Layer):
     def release(self):
         self.layer.release()
 
-    def get_weights(self):
+    def get_weights(self) -> list[Array]:
         return self.layer.get_weights()
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         self.layer.set_weights(weights)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name,
                 "layer": {"class": type(self.layer).__name__, "config": self.layer.get_config()}}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "TimeDistributed")
         inner = config.get("layer")
         kinds = {"Dense": Dense, "Dropout": Dropout}

@@ -1,6 +1,11 @@
 """Layers that merge branches of a functional model: Concatenate and Add (Keras 3's)."""
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
+from .._typing import Self
 from .base import Layer, _config, _construct, _same_config
 
 
@@ -46,11 +51,11 @@ class _Merge(Layer):
     def release(self):
         pass
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, cls.__name__)
         return _same_config(_construct(cls, dict(config)), config)
 
@@ -58,7 +63,7 @@ class _Merge(Layer):
 class Concatenate(_Merge):
     """Joins its inputs along `axis` (the last by default); the other sizes must agree."""
 
-    def __init__(self, axis=-1, name=None, **shape_keywords):
+    def __init__(self, axis: int = -1, name: str | None = None, **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis == 0:
             raise ValueError(f"Concatenate: axis must be a non-zero integer (not the batch "
@@ -111,7 +116,7 @@ class Concatenate(_Merge):
             out = out | m
         return [out]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "axis": self.axis}
 
 

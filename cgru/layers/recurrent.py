@@ -12,9 +12,14 @@ first moves each sequence's valid steps to its front (a gather), which gives the
 then spreads the outputs back. Outputs at masked steps are Keras's: a GRU repeats its last valid
 output there (zeros before the first valid step), Bidirectional gives zeros.
 """
+from __future__ import annotations
+
+from typing import Any, Sequence
+
 import numpy as np
 
 from .. import _checks, conventions, initializers
+from .._typing import Array, ArrayLike, FloatArray, Self
 from ..gru import GRU as _EngineGRU
 from .base import Layer, _config, _construct, _initializer, _same_config
 
@@ -106,12 +111,16 @@ class GRU(Layer):
     activations are sigmoid and tanh. Called as `gru(x, initial_state=h0, mask=mask)`.
     """
 
-    def __init__(self, units, return_sequences=False, return_state=False, go_backwards=False,
-                 stateful=False, reset_after=True, dropout=0.0,
-                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
-                 bias_initializer="zeros", use_bias=True, activation="tanh",
-                 recurrent_activation="sigmoid", recurrent_dropout=0.0, unroll=False, name=None,
-                 **shape_keywords):
+    def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, stateful: bool = False, reset_after: bool = True,
+                 dropout: float = 0.0,
+                 kernel_initializer: str | initializers.Initializer = "glorot_uniform",
+                 recurrent_initializer: str | initializers.Initializer = "orthogonal",
+                 bias_initializer: str | initializers.Initializer = "zeros",
+                 use_bias: bool = True, activation: str = "tanh",
+                 recurrent_activation: str = "sigmoid", recurrent_dropout: float = 0.0,
+                 unroll: bool = False, name: str | None = None,
+                 **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         self.units = _checks.positive_int(units, "units", "GRU")
         self.return_sequences = bool(return_sequences)
@@ -178,7 +187,7 @@ class GRU(Layer):
         self.build(input_shapes[0], rng, dtype)
 
     @property
-    def trainable(self):
+    def trainable(self) -> dict[str, FloatArray]:
         # reset_after=False has one bias (Keras's); the engine's bias_hh stays at zero
         if self.reset_after:
             return self.params
@@ -241,7 +250,7 @@ class GRU(Layer):
                                                               d_state)])
         return [dx] + d_initial
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         """Stateful: forget the kept states; the next call starts from zeros (any batch size)."""
         self._states = None
 
@@ -373,7 +382,7 @@ class GRU(Layer):
     def _engine_names(self, direction):
         return self._engine._names(0, direction)
 
-    def get_weights(self):
+    def get_weights(self) -> list[Array]:
         """Keras's list: per direction kernel (I, 3H), recurrent_kernel (H, 3H), bias
         (cgru.conventions). None before the layer is built, as in Keras."""
         if not self.built:
@@ -386,7 +395,7 @@ class GRU(Layer):
                 self.params.get(b_hh), self.reset_after)
         return weights
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Load Keras's list (see get_weights), checking every shape before changing anything."""
         self._require_weights()
         shapes = conventions.keras_shapes(self.input_shape[-1], self.units, self.use_bias,
@@ -414,7 +423,7 @@ class GRU(Layer):
     # settings added after the file format's first version: files without them get these
     _LATER_SETTINGS = {"return_state": False, "go_backwards": False, "stateful": False}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "units": self.units,
                 "return_sequences": self.return_sequences, "return_state": self.return_state,
                 "go_backwards": self.go_backwards, "stateful": self.stateful,
@@ -425,7 +434,7 @@ class GRU(Layer):
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         """The layer get_config() describes; ValueError naming the setting for anything else."""
         config = {**cls._LATER_SETTINGS, **_config(config, "GRU")}
         args = dict(config)
@@ -434,7 +443,7 @@ class GRU(Layer):
                 args[key] = _initializer(args[key], key, "GRU")
         return _same_config(_construct(cls, args), config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         options = "".join(f", {k}=True" for k in ("return_sequences", "return_state",
                                                    "go_backwards", "stateful")
                           if getattr(self, k))
@@ -458,7 +467,8 @@ class Bidirectional(Layer):
 
     MERGE_MODES = ("concat", "sum", "ave", "mul")
 
-    def __init__(self, layer, merge_mode="concat", name=None, **shape_keywords):
+    def __init__(self, layer: GRU, merge_mode: str = "concat", name: str | None = None,
+                 **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
         if not isinstance(layer, GRU):
             raise TypeError(f"Bidirectional wraps a cgru.layers.GRU, got {type(layer).__name__}")
@@ -489,7 +499,7 @@ class Bidirectional(Layer):
         self.params, self.grads = self.layer.params, self.layer.grads
 
     @property
-    def trainable(self):
+    def trainable(self) -> dict[str, FloatArray]:
         return self.layer.trainable
 
     def compute_output_shape(self, input_shape):
@@ -510,13 +520,13 @@ class Bidirectional(Layer):
     def output_masks(self, inputs, masks):
         return self.layer.output_masks(inputs, masks)
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         self.layer.reset_states()
 
-    def get_weights(self):
+    def get_weights(self) -> list[Array]:
         return self.layer.get_weights()
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         self.layer.set_weights(weights)
 
     # ---- forward and backward: the merge ------------------------------------------------------
@@ -575,7 +585,7 @@ class Bidirectional(Layer):
 
     # ---- config ---------------------------------------------------------------------------------
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "merge_mode": self.merge_mode,
                 "layer": {"class": "GRU", "config": self.layer.get_config()}}
 
@@ -583,7 +593,7 @@ class Bidirectional(Layer):
         return self.layer.param_shapes(input_shape)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Self:
         config = _config(config, "Bidirectional")
         inner = config.get("layer")
         if not (isinstance(inner, dict) and set(inner) == {"class", "config"}
