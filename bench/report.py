@@ -345,7 +345,7 @@ process: compare the 2-thread rows with the 1-thread ones.
 bench/masks.py: a text classifier's training step (Embedding(1000, 64) + GRU(128) + Dense(1),
 batch 64 of 100 token ids, valid lengths drawn in [20, 100], the rest padding) with the padding
 mask and without it, each implementation in the same process. cgru turns a tail-padding mask
-into sequence lengths, so masked training skips the padding instead of paying for it.
+into sequence lengths, so a masked training step costs what an unmasked one costs.
 
 {masked_training}
 
