@@ -568,11 +568,10 @@ class Model:
         if replicas is None:
             return self._fit(data, batch_size, epochs, verbose, callbacks, shuffle,
                              initial_epoch, None)
+        arrays = {f"x[{i}]": a for i, a in enumerate(xs)}
+        arrays.update({f"validation x[{i}]": a for i, a in enumerate(xs_val or [])})
         replicas.check_same_call(
-            {"x": xs[0] if len(xs) == 1 else np.concatenate([a.reshape(len(a), -1) for a in xs],
-                                                             axis=1),
-             "y": y, "validation x": None if xs_val is None else xs_val[0],
-             "validation y": y_val},
+            {**arrays, "y": y, "validation y": y_val},
             {"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle),
              "initial_epoch": initial_epoch})
         from .distributed import DriftError

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import graph as _graph
 from .. import initializers
-from .._typing import Array, ArrayLike, FloatArray
+from .._typing import Array, ArrayLike, FloatArray, Self
 
 
 # The most units a layer read from a file may declare (a GRU of 65536 units holds 51 GB of
@@ -288,8 +288,69 @@ class Layer:
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    # What from_config needs to know of a class: the config keys that hold initializers, and
+    # the settings added after the file format's first version (files without them get these)
+    _INITIALIZER_KEYS: tuple[str, ...] = ()
+    _LATER_SETTINGS: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Self:
+        """The layer get_config() describes; ValueError naming the setting for anything else."""
+        config = {**cls._LATER_SETTINGS, **_config(config, cls.__name__)}
+        args = dict(config)
+        for key in cls._INITIALIZER_KEYS:
+            if key in args:
+                args[key] = _initializer(args[key], key, cls.__name__)
+        return _same_config(_construct(cls, args), config)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Wrapper(Layer):
+    """A layer that runs another one, `layer` (Bidirectional, TimeDistributed, as Keras's
+    Wrapper): the inner layer is named after the wrapper, built with it, and its parameters,
+    gradients and Keras weights are the wrapper's."""
+
+    def __init__(self, layer: Layer, name: str | None = None, **shape_keywords: Any) -> None:
+        super().__init__(name, **shape_keywords)
+        self.layer = layer
+        if layer.name is None and name is not None:
+            self._name_inner()  # as build() names it, so that messages name it now
+
+    def _name_inner(self) -> None:
+        if self.layer.name is None:
+            self.layer.name = f"{self.name}_{type(self.layer).__name__.lower()}"
+
+    def _inner_shape(self, input_shape):
+        """The input shape the inner layer sees (without the batch axis)."""
+        return tuple(input_shape)
+
+    def build(self, input_shape, rng, dtype):
+        self._name_inner()
+        self.layer.build(self._inner_shape(input_shape), rng, dtype)
+        super().build(input_shape, rng, dtype)
+        self.params, self.grads = self.layer.params, self.layer.grads
+
+    def param_shapes(self, input_shape):
+        return self.layer.param_shapes(self._inner_shape(input_shape))
+
+    @property
+    def trainable(self) -> dict[str, FloatArray]:
+        return self.layer.trainable
+
+    def get_weights(self) -> list[Array]:
+        return self.layer.get_weights()
+
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
+        self.layer.set_weights(weights)
+
+    def release(self):
+        self.layer.release()
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name,
+                "layer": {"class": type(self.layer).__name__, "config": self.layer.get_config()}}
 
 
 def _eager_mask(mask, x):

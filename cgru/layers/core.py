@@ -5,13 +5,13 @@ Bidirectional read them, and the other layers here pass them on.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import _checks, initializers
-from .._typing import Array, ArrayLike, FloatArray, Self
-from .base import Layer, _config, _construct, _initializer, _same_config
+from .._typing import Self
+from .base import Layer, Wrapper, _config, _construct, _same_config
 
 ACTIVATIONS = (None, "linear", "relu", "sigmoid", "tanh", "softmax")
 
@@ -19,6 +19,8 @@ ACTIVATIONS = (None, "linear", "relu", "sigmoid", "tanh", "softmax")
 class Dense(Layer):
     """y = activation(x @ kernel + bias) on the last axis: (batch, features) or, per time step,
     (batch, time, features). kernel (features, units) as in Keras."""
+
+    _INITIALIZER_KEYS = ("kernel_initializer", "bias_initializer")
 
     def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
                  kernel_initializer: str | initializers.Initializer = "glorot_uniform",
@@ -104,15 +106,6 @@ class Dense(Layer):
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        config = _config(config, "Dense")
-        args = dict(config)
-        for key in ("kernel_initializer", "bias_initializer"):
-            if key in args:
-                args[key] = _initializer(args[key], key, "Dense")
-        return _same_config(_construct(cls, args), config)
-
     def __repr__(self) -> str:
         return f"Dense({self.units}, activation={self.activation!r}, name={self.name!r})"
 
@@ -143,11 +136,6 @@ class Dropout(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "rate": self.rate}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        config = _config(config, "Dropout")
-        return _same_config(_construct(cls, dict(config)), config)
-
     def __repr__(self) -> str:
         return f"Dropout({self.rate}, name={self.name!r})"
 
@@ -159,6 +147,8 @@ class Embedding(Layer):
     mask_zero=True treats index 0 as padding: it makes the (batch, time) mask that the layers
     after it read (a GRU then skips those steps), and input_dim must count index 0. Indices
     must be integers in [0, input_dim)."""
+
+    _INITIALIZER_KEYS = ("embeddings_initializer",)
 
     def __init__(self, input_dim: int, output_dim: int,
                  embeddings_initializer: str | initializers.Initializer = "uniform",
@@ -236,14 +226,6 @@ class Embedding(Layer):
                 "mask_zero": self.mask_zero,
                 "embeddings_initializer": initializers.serialize(self.embeddings_initializer)}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        config = _config(config, "Embedding")
-        args = dict(config)
-        if "embeddings_initializer" in args:
-            args["embeddings_initializer"] = _initializer(args["embeddings_initializer"],
-                                                          "embeddings_initializer", "Embedding")
-        return _same_config(_construct(cls, args), config)
 
 
 class Masking(Layer):
@@ -279,46 +261,28 @@ class Masking(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_value": self.mask_value}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        config = _config(config, "Masking")
-        return _same_config(_construct(cls, dict(config)), config)
 
-
-class TimeDistributed(Layer):
+class TimeDistributed(Wrapper):
     """Applies `layer` to every time step: (batch, time, ...) -> (batch, time, ...'). The
     layer's weights are shared by all steps; the mask passes on."""
 
     def __init__(self, layer: Dense | Dropout, name: str | None = None,
                  **shape_keywords: Any) -> None:
-        super().__init__(name, **shape_keywords)
         if not isinstance(layer, (Dense, Dropout)):
             raise TypeError(f"TimeDistributed wraps a cgru.layers.Dense or Dropout, got "
                             f"{type(layer).__name__}")
         if layer.built:
             raise ValueError("TimeDistributed needs a fresh layer (not built)")
-        self.layer = layer
+        super().__init__(layer, name, **shape_keywords)
 
     def _check_input(self, input_shape):
         if len(input_shape) < 2:
             raise ValueError(f"layer '{self._label}' (TimeDistributed) takes (batch, time, ...); "
                              f"it got (batch, {', '.join(map(str, input_shape))})")
 
-    def build(self, input_shape, rng, dtype):
+    def _inner_shape(self, input_shape):
         self._check_input(input_shape)
-        if self.layer.name is None:
-            self.layer.name = f"{self.name}_{type(self.layer).__name__.lower()}"
-        self.layer.build(tuple(input_shape[1:]), rng, dtype)
-        super().build(input_shape, rng, dtype)
-        self.params, self.grads = self.layer.params, self.layer.grads
-
-    @property
-    def trainable(self) -> dict[str, FloatArray]:
-        return self.layer.trainable
-
-    def param_shapes(self, input_shape):
-        self._check_input(input_shape)
-        return self.layer.param_shapes(tuple(input_shape[1:]))
+        return tuple(input_shape[1:])
 
     def compute_output_shape(self, input_shape):
         self._check_input(input_shape)
@@ -333,19 +297,6 @@ class TimeDistributed(Layer):
         B, T = d_out.shape[:2]
         dx = self.layer.backward(d_out.reshape((B * T,) + d_out.shape[2:]))
         return dx.reshape((B, T) + dx.shape[1:])
-
-    def release(self):
-        self.layer.release()
-
-    def get_weights(self) -> list[Array]:
-        return self.layer.get_weights()
-
-    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
-        self.layer.set_weights(weights)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"name": self.name,
-                "layer": {"class": type(self.layer).__name__, "config": self.layer.get_config()}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:

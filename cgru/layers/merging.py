@@ -5,8 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .._typing import Self
-from .base import Layer, _config, _construct, _same_config
+from .base import Layer
 
 
 class _Merge(Layer):
@@ -50,14 +49,6 @@ class _Merge(Layer):
 
     def release(self):
         pass
-
-    def get_config(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        config = _config(config, cls.__name__)
-        return _same_config(_construct(cls, dict(config)), config)
 
 
 class Concatenate(_Merge):

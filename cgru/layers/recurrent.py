@@ -21,7 +21,7 @@ import numpy as np
 from .. import _checks, conventions, initializers
 from .._typing import Array, ArrayLike, FloatArray, Self
 from ..gru import GRU as _EngineGRU
-from .base import Layer, _config, _construct, _initializer, _same_config
+from .base import Layer, Wrapper, _config, _construct, _same_config
 
 
 class _MaskPlan:
@@ -422,6 +422,7 @@ class GRU(Layer):
 
     # settings added after the file format's first version: files without them get these
     _LATER_SETTINGS = {"return_state": False, "go_backwards": False, "stateful": False}
+    _INITIALIZER_KEYS = ("kernel_initializer", "recurrent_initializer", "bias_initializer")
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "units": self.units,
@@ -433,15 +434,6 @@ class GRU(Layer):
                 "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Self:
-        """The layer get_config() describes; ValueError naming the setting for anything else."""
-        config = {**cls._LATER_SETTINGS, **_config(config, "GRU")}
-        args = dict(config)
-        for key in ("kernel_initializer", "recurrent_initializer", "bias_initializer"):
-            if key in args:
-                args[key] = _initializer(args[key], key, "GRU")
-        return _same_config(_construct(cls, args), config)
 
     def __repr__(self) -> str:
         options = "".join(f", {k}=True" for k in ("return_sequences", "return_state",
@@ -457,7 +449,7 @@ def _sum(a, b):
     return a if b is None else a + b
 
 
-class Bidirectional(Layer):
+class Bidirectional(Wrapper):
     """Runs a GRU layer forward and backward in time and merges the two outputs.
 
     merge_mode: 'concat' (default, output width 2 * units), 'sum', 'ave' or 'mul'. The backward
@@ -469,7 +461,6 @@ class Bidirectional(Layer):
 
     def __init__(self, layer: GRU, merge_mode: str = "concat", name: str | None = None,
                  **shape_keywords: Any) -> None:
-        super().__init__(name, **shape_keywords)
         if not isinstance(layer, GRU):
             raise TypeError(f"Bidirectional wraps a cgru.layers.GRU, got {type(layer).__name__}")
         if layer.built or layer.directions != 1:
@@ -481,26 +472,13 @@ class Bidirectional(Layer):
         if merge_mode not in self.MERGE_MODES:
             raise ValueError(f"Bidirectional: merge_mode must be one of {self.MERGE_MODES}, got "
                              f"{merge_mode!r}")
-        self.layer = layer
+        super().__init__(layer, name, **shape_keywords)
         self.merge_mode = merge_mode
         layer.directions = 2
-        if layer.name is None and name is not None:
-            layer.name = f"{name}_gru"  # as build() names it, so that messages name it now
         if self.declared_input_shape is None:
             self.declared_batch_size = layer.declared_batch_size
             self.declared_input_shape = layer.declared_input_shape
         self._parts = None
-
-    def build(self, input_shape, rng, dtype):
-        if self.layer.name is None:
-            self.layer.name = f"{self.name}_gru"
-        self.layer.build(input_shape, rng, dtype)
-        super().build(input_shape, rng, dtype)
-        self.params, self.grads = self.layer.params, self.layer.grads
-
-    @property
-    def trainable(self) -> dict[str, FloatArray]:
-        return self.layer.trainable
 
     def compute_output_shape(self, input_shape):
         self.layer._check_input(input_shape)
@@ -522,12 +500,6 @@ class Bidirectional(Layer):
 
     def reset_states(self) -> None:
         self.layer.reset_states()
-
-    def get_weights(self) -> list[Array]:
-        return self.layer.get_weights()
-
-    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
-        self.layer.set_weights(weights)
 
     # ---- forward and backward: the merge ------------------------------------------------------
 
@@ -581,16 +553,12 @@ class Bidirectional(Layer):
 
     def release(self):
         self._parts = None
-        self.layer.release()
+        super().release()
 
     # ---- config ---------------------------------------------------------------------------------
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "merge_mode": self.merge_mode,
-                "layer": {"class": "GRU", "config": self.layer.get_config()}}
-
-    def param_shapes(self, input_shape):
-        return self.layer.param_shapes(input_shape)
+        return {**super().get_config(), "merge_mode": self.merge_mode}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
