@@ -49,10 +49,7 @@ void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N,
 #else
     const int me = 0, team = 1;
 #endif
-    for (int k = me; k < parts; k += team) {
-        int lo = cgru_block_start(k, extent, parts, ALIGN);
-        int hi = cgru_block_start(k + 1, extent, parts, ALIGN);
-        if (hi <= lo) continue;
+    for_each_own_slice(lo, hi, me, team, parts, extent, ALIGN) {
         if (split_rows) {
             /* rows [lo, hi) of C and of op(A) */
             const REAL *A_block = trans_a ? A + lo : A + (long)lo * lda;

@@ -21,7 +21,7 @@
 #include "barrier.h"
 #include "blas.h"
 #include "gates.h"
-#include "panels.h"
+#include "product.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -62,15 +62,6 @@ const char *cgru_kernel_isa(void)
 #endif
 }
 
-/* Threads that share the time loop: no more than the slices of ALIGN hidden units there are. */
-static int loop_slices(int n_threads, int H, int align)
-{
-    int most = H / align;
-    if (most < 1) most = 1;
-    if (n_threads < 1) n_threads = 1;
-    return n_threads < most ? n_threads : most;
-}
-
 /*
  * W_hh of one slice of hs hidden units, packed into panels (panels.h), in elements:
  *   forward  reset_after=1: (H, 3hs)             reset_after=0: (H, 2hs) then (H, hs)
@@ -103,15 +94,18 @@ static void slice_packed_offsets(size_t *at, int H, int n_slices, int reset_afte
 static size_t packed_region(const cgru_layer_config *c)
 {
     size_t most = (size_t)3 * c->hidden_size * c->hidden_size;
-    const int align[2] = {16, 8}, elem[2] = {sizeof(float), sizeof(double)};
-    /* a call may run on fewer threads than configured (threads.c): every team size fits */
+    /* the same slice and panel widths as the typed code (real_begin.h's ALIGN, panels_impl.h's
+     * PANEL), for each element size */
+    const int elem_sizes[2] = {sizeof(float), sizeof(double)};
     for (int d = 0; d < 2; d++) {
-        int most_slices = loop_slices(c->n_threads, c->hidden_size, align[d]);
+        const int line = CGRU_LINE_ELEMS(elem_sizes[d]), panel = CGRU_PANEL_WIDTH(elem_sizes[d]);
+        /* a call may run on fewer threads than configured (threads.c): every team size fits */
+        int most_slices = cgru_slice_count(c->n_threads, c->hidden_size, line);
         size_t at[most_slices + 1];
         for (int n_slices = 1; n_slices <= most_slices; n_slices++)
             for (int backward = 0; backward < 2; backward++) {
-                slice_packed_offsets(at, c->hidden_size, n_slices, c->reset_after, backward,
-                                     align[d], CGRU_PANEL_WIDTH(elem[d]));
+                slice_packed_offsets(at, c->hidden_size, n_slices, c->reset_after, backward, line,
+                                     panel);
                 if (at[n_slices] > most) most = at[n_slices];
             }
     }
@@ -166,10 +160,6 @@ static void *aligned_start(void *p)
 {
     return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
-
-/* Batches up to this size use the hand-written per-step product (gates.h) instead of BLAS. */
-#define SMALL_BATCH 8
-
 
 #define CGRU_DOUBLE 0
 #include "layer_impl.h"

@@ -20,7 +20,7 @@ static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, 
 #endif
     for (int k = 0; k < n_slices; k++) {
         int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-        int hs = j1 - j0;
+        int hs = j1 - j0;  /* may be 0 */
         for (int g = 0; g < 3; g++)
             memcpy(w_packed + ((long)3 * j0 + (long)g * hs) * H, w_hh + ((long)g * H + j0) * H,
                    sizeof(REAL) * hs * H);
@@ -66,25 +66,36 @@ static void FN(pack_backward_panels)(REAL *packed, const REAL *w_hh, int H, int 
 static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_hh, int H,
                                 int n_slices, int reset_after, int backward, int me, int team)
 {
-    for (int k = me; k < n_slices; k += team) {
-        int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-        if (j1 <= j0) continue;
-        if (backward) FN(pack_backward_panels)(w_packed + at[k], w_hh, H, j0, j1, reset_after);
-        else FN(pack_forward_panels)(w_packed + at[k], w_hh, H, j0, j1, reset_after);
+    for_each_own_slice(j0, j1, me, team, n_slices, H, ALIGN) {
+        REAL *own = w_packed + at[own_slice_index];
+        if (backward) FN(pack_backward_panels)(own, w_hh, H, j0, j1, reset_after);
+        else FN(pack_forward_panels)(own, w_hh, H, j0, j1, reset_after);
     }
 }
 
-/* gh (B, N), rows ldg apart, = h (B, K) w (N, K)^T on the BLAS path: the per-step recurrent
- * product of one thread's slice. From 2 to SMALL_BATCH rows the hand-written kernel beats a BLAS
- * GEMM, whose packing costs more than the arithmetic (measured, 2 threads: 2.2x faster at B = 4,
- * H = 256; 1.2x at B = 8, H = 128); one row goes to BLAS's GEMV, which is faster still there. */
-static inline void FN(recurrent_matmul)(REAL *gh, int ldg, const REAL *h, const REAL *w, int B,
-                                        int N, int K)
+/*
+ * The operands of one slice [j0, j1), slice k, of the per-step products (product.h):
+ *   forward:  h_prev W_hh[r, z (, n) rows of the slice]^T, and with reset_after=0 a second one,
+ *             (r * h_prev) W_hn[rows of the slice]^T;
+ *   backward: dgates W_hh[:, j0:j1] over the r, z (, n) blocks, and with reset_after=0 a
+ *             second one, da_n W_hn[:, j0:j1].
+ * Packed: per slice, see pack_forward_panels and pack_backward_panels. Unpacked: the forward
+ * reads pack_recurrent_weights's rows, the backward W_hh's columns as they lie.
+ */
+static inline FN(cgru_operand) FN(slice_operand)(int panels, const REAL *w_packed,
+                                                 const size_t *packed_at, const REAL *w_hh,
+                                                 int H, int k, int j0, int j1, int reset_after,
+                                                 int backward, int second)
 {
-    if (B >= 2 && B <= SMALL_BATCH)
-        FN(small_matmul_wt)(gh, ldg, h, w, B, N, K);
-    else
-        FN(cgru_gemm)(0, 1, B, N, K, 1, h, K, w, K, 0, gh, ldg);
+    const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    if (panels) {
+        const REAL *own = w_packed + packed_at[k];
+        size_t first_size = backward ? cgru_panels_size(2 * H, hs, panel)
+                                     : cgru_panels_size(H, 2 * hs, panel);
+        return (FN(cgru_operand)){second ? own + first_size : own, 0, 1};
+    }
+    if (backward) return (FN(cgru_operand)){w_hh + (second ? 2L * H * H : 0) + j0, H, 0};
+    return (FN(cgru_operand)){w_packed + 3L * j0 * H + (second ? 2L * hs * H : 0), H, 1};
 }
 
 cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
@@ -119,10 +130,11 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
 
     /* 2. pack W_hh by slices: here for BLAS, inside the loop's region (each thread its own
      *    slices) for the panel product */
-    const int n_slices = loop_slices(plan.parts, H, ALIGN);
-    const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1);
+    const int panels = kernel == CGRU_PRODUCT_PANELS;
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
-    slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, panel);
+    slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
     if (!panels)
         FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
@@ -154,18 +166,14 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
             REAL *gx = gates + (long)t * B * G;                         /* (B, 3H) */
             REAL *y_t = y + (long)t * B * ldy;                          /* (B, ldy) */
             REAL *rh_or_hn = training ? extra + (long)t * B * H : extra;  /* (B, H) */
-            for (int k = m.me; k < n_slices; k += m.team) {
-                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                int hs = j1 - j0;
-                if (hs <= 0) continue;
-                /* BLAS path: (3hs, H) rows; panel path: see pack_forward_panels */
-                const REAL *w_own = panels ? w_packed + packed_at[k] : w_packed + 3L * j0 * H;
-                REAL *gh_own = gh + 3L * B * j0;             /* (B, 3hs) */
+            for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
+                const int hs = j1 - j0;
+                REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int n_now = reset_after ? 3 * hs : 2 * hs;  /* r, z (and n) columns now */
-                if (panels)
-                    FN(panels_matmul)(gh_own, 3 * hs, h_prev, H, w_own, B, n_now, H, 0);
-                else
-                    FN(recurrent_matmul)(gh_own, 3 * hs, h_prev, w_own, B, n_now, H);
+                FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
+                                 FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                                   own_slice_index, j0, j1, reset_after, 0, 0),
+                                 B, n_now, H, 0);
                 if (reset_after)
                     FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
@@ -175,19 +183,13 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
             if (!reset_after) {
                 if (!cgru_barrier_pass(&step_barrier, &m)) break;
                 /* every thread's r * h_prev is ready: n's GEMM reads all of it */
-                for (int k = m.me; k < n_slices; k += m.team) {
-                    int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                    int hs = j1 - j0;
-                    if (hs <= 0) continue;
+                for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
+                    const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
-                    if (panels) {
-                        const REAL *second = w_packed + packed_at[k]
-                                             + cgru_panels_size(H, 2 * hs, panel);  /* (H, hs) */
-                        FN(panels_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, H, second, B, hs, H, 0);
-                    } else {
-                        const REAL *w_own_n = w_packed + 3L * j0 * H + 2L * hs * H;  /* (hs, H) */
-                        FN(recurrent_matmul)(gh_own + 2 * hs, 3 * hs, rh_or_hn, w_own_n, B, hs, H);
-                    }
+                    FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
+                                     FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                                       own_slice_index, j0, j1, reset_after, 0, 1),
+                                     B, hs, H, 0);
                     FN(gates_forward_n)(h_new, y_t, ldy, gx, bias, gh_own, h_prev, lengths, t, training,
                                         B, H, j0, j1);
                 }
@@ -226,13 +228,14 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     REAL *extra = saved + L.extra;    /* (T, B, H): hn or r*h_prev */
     REAL *dh_a = scratch + L.dh_a, *dh_b = scratch + L.dh_b, *drh = scratch + L.drh;
     REAL *w_packed = scratch + L.w_packed;  /* panel path: see pack_backward_panels */
-    const int panels = cgru_panels_preferred(), panel = CGRU_PANEL_WIDTH(sizeof(REAL));
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1);
+    const int panels = kernel == CGRU_PRODUCT_PANELS;
 
     if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
     else memset(dh_a, 0, sizeof(REAL) * B * H);
-    const int n_slices = loop_slices(plan.parts, H, ALIGN);
+    const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
-    slice_packed_offsets(packed_at, H, n_slices, reset_after, 1, ALIGN, panel);
+    slice_packed_offsets(packed_at, H, n_slices, reset_after, 1, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
 
     /* 1. the time loop, against the forward's direction */
     cgru_barrier step_barrier;
@@ -256,9 +259,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             REAL *g_t = gates + (long)t * B * G;                            /* (B, 3H) */
             REAL *e_t = extra + (long)t * B * H;                            /* (B, H) */
             const REAL *dy_t = dy ? dy + (long)t * B * ldy : 0;             /* (B, ldy) */
-            for (int k = m.me; k < n_slices; k += m.team) {
-                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                if (j1 <= j0) continue;
+            for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                 if (reset_after)
                     FN(gates_backward_reset_after)(dh_prev, g_t, e_t, dh_next, dy_t, ldy, h_prev,
                                                    lengths, t, B, H, j0, j1);
@@ -269,17 +270,11 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             if (!(on = cgru_barrier_pass(&step_barrier, &m))) break;
             if (!reset_after) {
                 /* drh (B, H) = da_n (B, H) W_hn (H, H), then da_r; each thread its own columns */
-                for (int k = m.me; k < n_slices; k += m.team) {
-                    int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                    if (j1 <= j0) continue;
-                    if (panels) {
-                        const REAL *w_hn = w_packed + packed_at[k]
-                                           + cgru_panels_size(2 * H, j1 - j0, panel);  /* (H, hs) */
-                        FN(panels_matmul)(drh + j0, H, g_t + 2 * H, G, w_hn, B, j1 - j0, H, 0);
-                    } else {
-                        FN(cgru_gemm)(0, 0, B, j1 - j0, H, 1, g_t + 2 * H, G, w_hh + 2L * H * H + j0,
-                                      H, 0, drh + j0, H);
-                    }
+                for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
+                    FN(cgru_product)(kernel, drh + j0, H, g_t + 2 * H, G,
+                                     FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                                       own_slice_index, j0, j1, reset_after, 1, 1),
+                                     B, j1 - j0, H, 0);
                     FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
                 }
                 if (!(on = cgru_barrier_pass(&step_barrier, &m))) break;
@@ -287,16 +282,11 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             /* dh_prev (B, own columns) += [da_r | da_z | dhn] (B, 3H) W_hh (3H, own columns);
              * reset_after=0 stops at 2H, its n part went through drh above */
             const int K = reset_after ? G : 2 * H;
-            for (int k = m.me; k < n_slices; k += m.team) {
-                int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-                if (j1 <= j0) continue;
-                if (panels)
-                    FN(panels_matmul)(dh_prev + j0, H, g_t, G,
-                                      w_packed + packed_at[k],
-                                      B, j1 - j0, K, 1);
-                else
-                    FN(cgru_gemm)(0, 0, B, j1 - j0, K, 1, g_t, G, w_hh + j0, H, 1, dh_prev + j0, H);
-            }
+            for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN)
+                FN(cgru_product)(kernel, dh_prev + j0, H, g_t, G,
+                                 FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                                   own_slice_index, j0, j1, reset_after, 1, 0),
+                                 B, j1 - j0, K, 1);
             if (!reset_after && !(on = cgru_barrier_pass(&step_barrier, &m))) break;
             /* reset_after=1 needs no second barrier: the next step's postgemm touches only this
              * thread's columns of dh and the next step's rows of gates */

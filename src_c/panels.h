@@ -14,15 +14,14 @@
  *
  * The vectors are GCC vector extensions 64 bytes wide (16 floats, 8 doubles): one AVX-512
  * register. The tile needs 24 of them, so the product is worth taking only on CPUs with AVX-512
- * (32 vector registers); cgru_panels_preferred() says whether this CPU has it, and the layer
- * falls back to BLAS otherwise.
+ * (32 vector registers): product.h chooses it there.
  */
 #ifndef CGRU_PANELS_H
 #define CGRU_PANELS_H
 
 #include <string.h>
 
-#include "gates.h"  /* CGRU_KERNEL */
+#include "simd.h"
 
 #define PANEL_VECTORS 6
 #define TILE_ROWS 4
@@ -33,20 +32,6 @@
 static inline size_t cgru_panels_size(int K, int N, int panel)
 {
     return (size_t)K * (size_t)((N + panel - 1) / panel) * panel;
-}
-
-/* 1 when the panel product should replace BLAS for the per-step products (see above). A
- * process-wide choice that tests may override: -1 follows the CPU, 0 forces BLAS, 1 panels. */
-extern int cgru_panels_mode;
-
-static inline int cgru_panels_preferred(void)
-{
-    if (cgru_panels_mode >= 0) return cgru_panels_mode;
-#if defined(__GNUC__) && defined(__x86_64__)
-    return __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
 }
 
 #define CGRU_DOUBLE 0

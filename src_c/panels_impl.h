@@ -6,7 +6,7 @@
 #define PANEL CGRU_PANEL_WIDTH(sizeof(REAL))
 
 /* Zero the padding columns of the last panel of a packed (K, N) operand. */
-static void FN(panels_clear_tail)(REAL *packed, int K, int N)
+static inline void FN(panels_clear_tail)(REAL *packed, int K, int N)
 {
     int tail = N % PANEL;
     if (tail == 0) return;
@@ -20,7 +20,7 @@ static void FN(panels_clear_tail)(REAL *packed, int K, int N)
  *                   rows are output units, as W_hh for h W_hh^T);
  *   transposed = 0: column c is column c of src (K, ncols), rows ld apart.
  */
-static void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *src, int ld, int ncols,
+static inline void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *src, int ld, int ncols,
                             int transposed)
 {
     for (int c = 0; c < ncols; c++) {

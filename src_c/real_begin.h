@@ -4,13 +4,14 @@
  *   REAL      the element type
  *   FN(name)  name with the dtype suffix
  *   ALIGN     elements per 64-byte cache line, the unit of thread slices and padding
+ *             (CGRU_LINE_ELEMS, slices.h)
  */
 #if CGRU_DOUBLE
 #define REAL double
 #define FN(name) name##_f64
-#define ALIGN 8
+#define ALIGN CGRU_LINE_ELEMS(sizeof(double))
 #else
 #define REAL float
 #define FN(name) name##_f32
-#define ALIGN 16
+#define ALIGN CGRU_LINE_ELEMS(sizeof(float))
 #endif

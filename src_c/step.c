@@ -8,6 +8,8 @@
  *   1. gx (B, 3H) = bias + in_l W_ih^T
  *   2. gh (B, 3H) = h W_hh^T  (reset_after=0: r, z first, then (r * h) W_hn^T)
  *   3. postgemm, the same kernels as the sequence loop (gates.h)
+ * Both products run on the weights as they lie (a step has no time to pack them), with the
+ * kernel product.h picks for the batch.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include "barrier.h"
 #include "blas.h"
 #include "gates.h"
+#include "product.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -22,23 +25,12 @@
 
 /* Scratch up to this many elements lives on the stack; larger steps allocate once per call. */
 #define STEP_STACK_ELEMS 8192
-/* Batches up to this size use the hand-written product (gates.h) instead of a BLAS call. */
-#define STEP_SMALL_BATCH 4
 /* Multiply-adds per step (B * 3H * (inputs + H), all layers) from which threads share a step:
  * below it, waking a second thread costs more than it saves. Measured on the 2-core VM (B=1,
  * I=32, from Python): H=128 (61k) 3.66 us on one thread, 3.70 on two, and up to twice that on two
  * when the hypervisor's core placement makes cross-core hand-offs slow; H=256 (221k) 11.6 us on
  * one, 7.7 on two. */
 #define STEP_SHARED_WORK 131072
-
-/* Threads that share a step: no more than the slices of `align` hidden units there are. */
-static int step_slices(int n_threads, int H, int align)
-{
-    int most = H / align;
-    if (most < 1) most = 1;
-    if (n_threads < 1) n_threads = 1;
-    return n_threads < most ? n_threads : most;
-}
 
 #define CGRU_DOUBLE 0
 #include "step_impl.h"

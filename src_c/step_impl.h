@@ -1,17 +1,6 @@
 /* Typed body of step.c, included once per dtype (see real_begin.h). */
 #include "real_begin.h"
 
-/* C (B, N) = A (B, K) W (N, K)^T: hand-written up to STEP_SMALL_BATCH rows, BLAS above */
-static void FN(step_matmul)(REAL *C, int ldc, const REAL *A, int lda, const REAL *W, int B, int N,
-                            int K)
-{
-    if (B <= STEP_SMALL_BATCH && lda == K) {
-        for (int b = 0; b < B; b++) FN(rows_dot)(C + (long)b * ldc, W, A + (long)b * K, N, K);
-    }
-    else
-        FN(cgru_gemm)(0, 1, B, N, K, 1, A, lda, W, K, 0, C, ldc);
-}
-
 /* What every thread of a step needs: the arguments of cgru_step and its scratch. */
 typedef struct {
     REAL *h_out;
@@ -19,6 +8,7 @@ typedef struct {
     const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
     REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
     cgru_barrier *barrier;                  /* between layers, and before reset_after=0's n */
+    cgru_product_kernel kernel;             /* product.h */
     int L, B, I0, H, reset_after, n_slices;
 } FN(step_work);
 
@@ -34,6 +24,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     REAL *gx = w->gx, *gh = w->gh, *rh = w->rh, *y = w->y, *b_hn = w->b_hn, *bias = w->bias;
     const int L = w->L, B = w->B, I0 = w->I0, H = w->H, G = 3 * H;
     const int reset_after = w->reset_after, n_slices = w->n_slices;
+    const cgru_product_kernel kernel = w->kernel;
     for (int l = 0; l < L; l++) {
         const REAL *in = l == 0 ? x_in : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
         const int I = l == 0 ? I0 : H;
@@ -41,10 +32,8 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
         REAL *h_new = h_out + (long)l * B * H;                        /* (B, H) */
         const REAL *bi = b_ih ? b_ih[l] : 0, *bh = b_hh ? b_hh[l] : 0;
         /* each thread its hidden units [j0, j1): their rows of r, z and n in both products */
-        for (int k = m.me; k < n_slices; k += m.team) {
-            const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+        for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
             const int hs = j1 - j0;
-            if (hs <= 0) continue;
             REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
             for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
             for (int g = 0; g < 3; g++) {
@@ -55,13 +44,15 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 const int fold = g < 2 || !reset_after;
                 for (int j = 0; j < hs; j++)
                     bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
-                FN(step_matmul)(gx + row0, G, in, I, w_ih[l] + (long)row0 * I, B, hs, I);
+                const FN(cgru_operand) w_gate = {w_ih[l] + (long)row0 * I, I, 1};  /* (hs, I) */
+                FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
             const int gates_now = reset_after ? 3 : 2;
-            for (int g = 0; g < gates_now; g++)
-                FN(step_matmul)(gh_own + g * hs, 3 * hs, h_prev, H,
-                                w_hh[l] + ((long)g * H + j0) * H, B, hs, H);
+            for (int g = 0; g < gates_now; g++) {
+                const FN(cgru_operand) w_gate = {w_hh[l] + ((long)g * H + j0) * H, H, 1};  /* (hs, H) */
+                FN(cgru_product)(kernel, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
+            }
             if (reset_after)
                 FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
                                               B, H, j0, j1);
@@ -71,13 +62,11 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
         if (!reset_after) {
             if (!cgru_barrier_pass(w->barrier, &m)) return;
             /* every thread's r * h_prev is ready: n's product reads all of it */
-            for (int k = m.me; k < n_slices; k += m.team) {
-                const int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
+            for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                 const int hs = j1 - j0;
-                if (hs <= 0) continue;
                 REAL *gh_own = gh + 3L * B * j0;
-                FN(step_matmul)(gh_own + 2 * hs, 3 * hs, rh, H, w_hh[l] + (2L * H + j0) * H,
-                                B, hs, H);
+                const FN(cgru_operand) w_n = {w_hh[l] + (2L * H + j0) * H, H, 1};  /* (hs, H) */
+                FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh, H, w_n, B, hs, H, 0);
                 FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
             }
         }
@@ -113,14 +102,16 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     /* threads share the step only on the hand-written products (BLAS must not be called from
      * several threads at once here: step() leaves its thread setting alone) */
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
-    const int shared = B <= STEP_SMALL_BATCH && work >= STEP_SHARED_WORK && n_threads > 1;
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 0);
+    const int shared = kernel != CGRU_PRODUCT_BLAS && work >= STEP_SHARED_WORK && n_threads > 1;
     const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : (cgru_plan){1, 1};  /* threads.h */
-    const int n_slices = step_slices(plan.parts, H, ALIGN);
+    const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
 
     cgru_barrier barrier;
     cgru_barrier_init(&barrier);
     const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, gx, gh, rh,
-                                        y, b_hn, bias, &barrier, L, B, I0, H, reset_after, n_slices};
+                                        y, b_hn, bias, &barrier, kernel, L, B, I0, H, reset_after,
+                                        n_slices};
     if (cgru_plan_threads(plan, n_slices) == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
     } else {

@@ -1,9 +1,11 @@
-"""Both per-step product paths give the reference's results.
+"""Every kernel of the per-step products (src_c/product.h) gives the reference's results.
 
 The time loop multiplies by W_hh either on panels packed once per call (the default on CPUs with
-AVX-512) or through BLAS (elsewhere). Both are forced here in turn, on shapes that reach the
-edges of the panel product: batches around its four-row tile, hidden sizes around its panel
-width and the thread slices, and all four gate layouts (reset_after x training).
+AVX-512) or on the weights as they lie (elsewhere), where the batch and the size of W_hh pick one
+row at a time, two rows at a time, or BLAS; step() never packs. Both modes are forced here in
+turn, on shapes that reach every kernel and the edges of the panel product: batches around its
+four-row tile, hidden sizes around its panel width and the thread slices, W_hh on both sides of
+the 512 KB that product.h counts as cached, and all four gate layouts (reset_after x training).
 """
 import numpy as np
 import pytest
@@ -82,12 +84,13 @@ def test_backward_runs_on_more_threads_than_its_forward():
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("num_layers,B", [(1, 1), (3, 1), (2, 3)])
+@pytest.mark.parametrize("num_layers,B", [(1, 1), (3, 1), (2, 3), (2, 6), (1, 9)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_step_on_shared_threads_follows_the_sequence_forward(reset_after, num_layers, B,
                                                              threads):
-    """Large enough for threads to share each step (3H (I + H) >= 131072 multiply-adds); out=h
-    updates the state in place."""
+    """Large enough for threads to share each step (3H (I + H) >= 131072 multiply-adds) and for
+    W_hh (1 MB) to count as uncached: B = 1 runs one row at a time, 3 and 6 two rows at a time,
+    9 on BLAS; out=h updates the state in place."""
     cgru.set_num_threads(threads)
     gru = cgru.GRU(40, 208, num_layers=num_layers, reset_after=reset_after, dtype="float64",
                    seed=4).eval()

@@ -1,0 +1,79 @@
+/*
+ * The per-step products, in one place: every product inside a time step (h W_hh^T in the
+ * forward, dgates W_hh in the backward, and step()'s x W_ih^T) goes through cgru_product with the
+ * kernel that cgru_product_choose picked once for the call.
+ *
+ * The kernels, and when each is the one to take:
+ *   PANELS  the weights packed once per call into column panels (panels.h), then a register
+ *           tile of up to 4 rows x 96 columns. The fastest wherever the call can pack (the
+ *           sequence loop packs W_hh before its first step) and the CPU has AVX-512's 32 vector
+ *           registers.
+ *   ROWS    the weights as they lie, (N, K) with rows the output units; one batch row at a time
+ *           as N dot products summed by one transposing reduction (rows_dot). Each batch row
+ *           reads the weights once more: taken for one row, and up to CGRU_ROWS_MAX_BATCH rows
+ *           while W_hh fits in CGRU_CACHED_BYTES (it then streams from a core's L2).
+ *   PAIRS   the weights as they lie; two batch rows per pass over them (small_matmul_wt), up to
+ *           CGRU_PAIRS_MAX_BATCH rows when W_hh is larger than that, where a BLAS call costs more
+ *           than its work.
+ *   BLAS    SciPy's BLAS GEMM, for everything else.
+ * A product on W's own columns (the backward's dgates W_hh, (K, N) as it lies) has no hand-written
+ * unpacked kernel: it goes to BLAS unless packed.
+ *
+ * Measured on the 2-core development VM (AVX-512, 1 MB L2 per core), us per step of a
+ * 200-step sequence on 2 threads, panels off, B = 2 / 4: H = 128 (W_hh 196 KB) ROWS 3.2 / 6.1,
+ * PAIRS 3.6 / 6.9; H = 512 (3 MB) ROWS 41 / 81, PAIRS 32 / 61. step() at H = 512, B = 8: BLAS
+ * 244, PAIRS 138 (BLAS packs its operand per gate, per step).
+ */
+#ifndef CGRU_PRODUCT_H
+#define CGRU_PRODUCT_H
+
+#include "blas.h"
+#include "panels.h"
+#include "simd.h"
+
+typedef enum {
+    CGRU_PRODUCT_PANELS,
+    CGRU_PRODUCT_ROWS,
+    CGRU_PRODUCT_PAIRS,
+    CGRU_PRODUCT_BLAS,
+} cgru_product_kernel;
+
+#define CGRU_ROWS_MAX_BATCH 4
+#define CGRU_CACHED_BYTES (512 * 1024)
+#define CGRU_PAIRS_MAX_BATCH 8
+
+/* The process-wide override of the choice below that tests and comparisons set through
+ * cgru_set_panels_mode: -1 follows the CPU, 0 never packs, 1 always packs where the call can. */
+extern int cgru_panels_mode;
+
+/* 1 when calls that can pack should: the override, else whether this CPU has AVX-512. */
+static inline int cgru_panels_preferred(void)
+{
+    if (cgru_panels_mode >= 0) return cgru_panels_mode;
+#if defined(__GNUC__) && defined(__x86_64__)
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+/* The kernel for every per-step product of a call with B batch rows and H hidden units of
+ * elem_size bytes; can_pack: the call packs its weights once before the loop (the sequence loop
+ * does, step() does not). */
+static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_size, int can_pack)
+{
+    if (can_pack && cgru_panels_preferred()) return CGRU_PRODUCT_PANELS;
+    const int cached = 3.0 * H * H * elem_size <= CGRU_CACHED_BYTES;  /* W_hh */
+    if (B == 1 || (B <= CGRU_ROWS_MAX_BATCH && cached)) return CGRU_PRODUCT_ROWS;
+    if (B <= CGRU_PAIRS_MAX_BATCH && !cached) return CGRU_PRODUCT_PAIRS;
+    return CGRU_PRODUCT_BLAS;
+}
+
+#define CGRU_DOUBLE 0
+#include "product_impl.h"
+#undef CGRU_DOUBLE
+#define CGRU_DOUBLE 1
+#include "product_impl.h"
+#undef CGRU_DOUBLE
+
+#endif
