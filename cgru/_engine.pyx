@@ -12,7 +12,7 @@ import os
 import numpy as np
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 cnp.import_array()
 
@@ -23,6 +23,7 @@ cdef extern from "cgru.h":
         CGRU_ERR_TOO_LARGE
         CGRU_ERR_BAD_DIMS
         CGRU_ERR_NO_MEMORY
+        CGRU_ERR_INFERENCE_ONLY
 
     ctypedef void (*cgru_sgemm_fn)(char*, char*, int*, int*, int*, float*, float*, int*, float*,
                                    int*, float*, float*, int*) noexcept nogil
@@ -40,6 +41,8 @@ cdef extern from "cgru.h":
     void cgru_set_panels_mode(int) nogil
     int cgru_panels_active() nogil
     const char *cgru_kernel_isa() nogil
+    void cgru_set_bf16_dot_mode(int) nogil
+    const char *cgru_bf16_kernel() nogil
     int cgru_cpus_available() nogil
     int cgru_fork_serial() nogil
     int cgru_fork_keeps_threads() nogil
@@ -64,6 +67,10 @@ cdef extern from "cgru.h":
                                        const double*, const double*, const double*, const double*,
                                        const double*, const int64_t*,
                                        const cgru_layer_config*) nogil
+    cgru_status cgru_layer_forward_bf16(float*, int, float*, float*, float*, const float*,
+                                        const float*, const float*, const uint16_t*,
+                                        const float*, const float*, const int64_t*,
+                                        const cgru_layer_config*) nogil
     cgru_status cgru_layer_backward_f32(float*, int, float*, float*, float*, float*, float*,
                                         const float*, int, const float*, float*, float*,
                                         const float*, const float*, const float*,
@@ -78,6 +85,10 @@ cdef extern from "cgru.h":
     cgru_status cgru_step_f64(double*, const double*, const double*, const double* const*,
                               const double* const*, const double* const*, const double* const*,
                               int, int, int, int, int, int) nogil
+
+    cgru_status cgru_step_bf16(float*, const float*, const float*, const float* const*,
+                               const uint16_t* const*, const float* const*, const float* const*,
+                               int, int, int, int, int, int) nogil
 
     void cgru_activations_f32(float*, float*, const float*, long) nogil
     void cgru_activations_f64(double*, double*, const double*, long) nogil
@@ -123,6 +134,8 @@ MAX_LAYERS = 64
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
+# a quantized GRU's W_hh: bfloat16 values, each the upper 16 bits of a float32 (cgru.quantize)
+_BFLOAT16_BITS = np.dtype(np.uint16)
 
 
 # ---- BLAS from SciPy -----------------------------------------------------------------------------
@@ -278,6 +291,17 @@ def panels_active():
     return bool(cgru_panels_active())
 
 
+def set_bf16_dot_mode(int mode):
+    """bfloat16 weights multiplied with AVX512_BF16's dot product where the CPU has it (1, or -1:
+    as the CPU suggests), or widened to float32 in registers (0)."""
+    cgru_set_bf16_dot_mode(mode)
+
+
+def bf16_kernel():
+    """How bfloat16 weights are multiplied on this CPU now."""
+    return cgru_bf16_kernel().decode()
+
+
 def kernel_isa():
     """The instruction set the gate kernels run with on this CPU (the runtime dispatch's pick)."""
     return cgru_kernel_isa().decode()
@@ -298,6 +322,8 @@ cdef int _check(cgru_status status, str what) except -1:
         raise ValueError(f"{what}: every size must be positive")
     if status == CGRU_ERR_NO_MEMORY:
         raise MemoryError(f"{what}: out of memory")
+    if status == CGRU_ERR_INFERENCE_ONLY:
+        raise RuntimeError(f"{what}: bfloat16 weights run inference only")
     raise RuntimeError(f"{what}: unexpected engine status {status}")
 
 
@@ -313,7 +339,8 @@ cdef void *_data(object a, object dtype, Py_ssize_t size, str name,
         raise TypeError(f"engine argument '{name}' must be a NumPy array, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int want = cnp.NPY_FLOAT if dtype is _FLOAT32 else (
-        cnp.NPY_DOUBLE if dtype is _FLOAT64 else cnp.NPY_INT64)
+        cnp.NPY_DOUBLE if dtype is _FLOAT64 else (
+            cnp.NPY_UINT16 if dtype is _BFLOAT16_BITS else cnp.NPY_INT64))
     if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
             or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
         raise TypeError(f"engine argument '{name}' must be an aligned, C-contiguous {dtype} "
@@ -352,7 +379,8 @@ def layer_workspace_size(int T, int B, int I, int H, bint reset_after, bint trai
 def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b_hh, lengths,
                   bint reset_after, bint reverse, bint training, int n_threads):
     """One layer and direction forward. y (T, B, ldy) gets this direction at columns
-    [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size."""
+    [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size. A uint16
+    w_hh holds bfloat16 weights (a quantized float32 GRU, inference only)."""
     cdef int T = _engine_int(x.shape[0], "time steps"), B = _engine_int(x.shape[1], "batch")
     cdef int I = _engine_int(x.shape[2], "input size"), H = _engine_int(w_hh.shape[1], "hidden size")
     cdef int ldy = _engine_int(y.shape[2], "output width")
@@ -370,7 +398,10 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef void *px = _data(x, dt, TB * I, "x")
     cdef void *ph0 = _data(h0, dt, B * H, "h0", optional=True)
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
-    cdef void *pw_hh = _data(w_hh, dt, G * H, "w_hh")
+    cdef bint bf16 = w_hh.dtype == _BFLOAT16_BITS
+    if bf16 and (dt is not _FLOAT32 or training):
+        raise TypeError("layer_forward: bfloat16 weights run a float32 inference forward only")
+    cdef void *pw_hh = _data(w_hh, _BFLOAT16_BITS if bf16 else dt, G * H, "w_hh")
     cdef void *pb_ih = _data(b_ih, dt, G, "b_ih", optional=True)
     cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
@@ -379,7 +410,13 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef cgru_status status
     _blas_threads.enter()
     try:
-        if dt is _FLOAT32:
+        if bf16:
+            with nogil:
+                status = cgru_layer_forward_bf16(
+                    <float*>py + column, ldy, <float*>ph_n, <float*>psaved, <float*>pscratch,
+                    <float*>px, <float*>ph0, <float*>pw_ih, <uint16_t*>pw_hh, <float*>pb_ih,
+                    <float*>pb_hh, <int64_t*>plengths, &c)
+        elif dt is _FLOAT32:
             with nogil:
                 status = cgru_layer_forward_f32(
                     <float*>py + column, ldy, <float*>ph_n, <float*>psaved, <float*>pscratch,
@@ -487,13 +524,14 @@ cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, 
 
 
 def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint reset_after,
-             bint bias, object dtype):
+             bint bias, object dtype, dict bfloat16=None):
     """One time step through L unidirectional layers (cgru.GRU.step): checks its arguments as
     precisely as the Python layer would, in C, because it runs once per time step.
 
     params: the GRU's parameter dict; names: (w_ih names, w_hh names, b_ih names, b_hh names),
     one per layer; x_t (B, I) with h (L, B, H), or x_t (I,) with h (L, H); out: None or an array
-    of h's shape. Returns out, or a new array."""
+    of h's shape; bfloat16: None, or the W_hh of every layer in bfloat16 (uint16, by the same
+    names) of a quantized float32 GRU. Returns out, or a new array."""
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
     if len(names) != 4 or len(<tuple?>names[0]) != L or len(<tuple?>names[1]) != L \
@@ -558,7 +596,11 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     for l in range(L):
         wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G,
                                              I if l == 0 else H, held))
-        wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
+        if bfloat16 is None:
+            wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
+        else:
+            wh[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_hh[l], cnp.NPY_UINT16,
+                                                 _BFLOAT16_BITS, G, H, held))
         if bias:
             bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
             bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0, held))
@@ -570,7 +612,16 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     # step() shares work between threads only on its own kernels and calls BLAS from the calling
     # thread alone, so SciPy's BLAS keeps its thread setting: nothing to cap, and the two ctypes
     # calls that capping costs are saved
-    if type_num == cnp.NPY_FLOAT:
+    if bfloat16 is not None:
+        if type_num != cnp.NPY_FLOAT:
+            raise TypeError("step: bfloat16 weights belong to a float32 GRU")
+        with nogil:
+            status = cgru_step_bf16(<float*>pout, <float*>pin, <float*>px,
+                                    <const float* const*>wi, <const uint16_t* const*>wh,
+                                    <const float* const*>bi if bias else NULL,
+                                    <const float* const*>bh if bias else NULL,
+                                    L, b, I, H, reset_after, n_threads)
+    elif type_num == cnp.NPY_FLOAT:
         with nogil:
             status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,
                                    <const float* const*>wi, <const float* const*>wh,

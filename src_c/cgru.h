@@ -21,6 +21,7 @@ typedef enum {
     CGRU_ERR_TOO_LARGE = 2,      /* a matrix dimension exceeds the 32-bit BLAS integer */
     CGRU_ERR_BAD_DIMS = 3,       /* a size is zero or negative */
     CGRU_ERR_NO_MEMORY = 4,      /* malloc failed */
+    CGRU_ERR_INFERENCE_ONLY = 5, /* bfloat16 weights were given to a training forward */
 } cgru_status;
 
 /* ---- BLAS from SciPy (blas.c) ---------------------------------------------------------------- */
@@ -68,6 +69,11 @@ void cgru_set_panels_mode(int mode);
 /* 1 when the per-step products now run on panels: the mode above, else whether the CPU has
  * AVX-512 (panels.h) */
 int cgru_panels_active(void);
+/* How bfloat16 weights are multiplied: AVX512_BF16's dot product where the CPU has it, else
+ * widened to float32 in registers; cgru_set_bf16_dot_mode overrides it (-1: follow the CPU,
+ * 0: widen, 1: the dot product where the CPU has it), for tests and comparisons. */
+void cgru_set_bf16_dot_mode(int mode);
+const char *cgru_bf16_kernel(void);
 /* The instruction set the gate kernels run with on this CPU: the clone that GCC's target_clones
  * resolver picked where they are multiversioned (gates.h), else the one they were compiled for. */
 const char *cgru_kernel_isa(void);
@@ -109,6 +115,16 @@ cgru_status cgru_layer_forward_f64(double *y, int ldy, double *h_n, double *save
                                    const int64_t *lengths, const cgru_layer_config *cfg);
 
 /*
+ * The same forward, in inference (training = 0), with W_hh (3H, H) in bfloat16: each element the
+ * upper 16 bits of a float32 (a quantized GRU). The products accumulate in float32; inputs,
+ * states and outputs are float32.
+ */
+cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved, float *scratch,
+                                    const float *x, const float *h0, const float *w_ih,
+                                    const uint16_t *w_hh, const float *b_ih, const float *b_hh,
+                                    const int64_t *lengths, const cgru_layer_config *cfg);
+
+/*
  * Backward of one layer and direction, after a training forward with the same saved region.
  * The saved region is consumed (overwritten with gate gradients).
  *   dx      (T, B, I): written when accumulate_dx is 0, added to when 1.
@@ -144,6 +160,12 @@ cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
                           const double *const *w_ih, const double *const *w_hh,
                           const double *const *b_ih, const double *const *b_hh, int L, int B,
                           int I0, int H, int reset_after, int n_threads);
+
+/* The same step with every layer's W_hh in bfloat16 (see cgru_layer_forward_bf16). */
+cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
+                           const float *const *w_ih, const uint16_t *const *w_hh,
+                           const float *const *b_ih, const float *const *b_hh, int L, int B,
+                           int I0, int H, int reset_after, int n_threads);
 
 /* ---- The activations the engine uses, over an array (activations.c; for tests) ------------- */
 

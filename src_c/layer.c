@@ -41,6 +41,16 @@ void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode >
 
 int cgru_panels_active(void) { return cgru_panels_preferred(); }
 
+int cgru_bf16_dot_mode = -1;
+
+void cgru_set_bf16_dot_mode(int mode) { cgru_bf16_dot_mode = mode < 0 ? -1 : (mode > 0); }
+
+const char *cgru_bf16_kernel(void)
+{
+    return cgru_bf16_dot_preferred() ? "AVX512_BF16 dot products (vdpbf16ps)"
+                                     : "widened to float32 in registers";
+}
+
 const char *cgru_kernel_isa(void)
 {
 #ifdef CGRU_MULTIVERSION

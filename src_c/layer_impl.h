@@ -9,40 +9,53 @@ static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int
     return states + (long)(t + (c->reverse ? !next : next)) * BH;
 }
 
-/* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
- * (3H, H), from row 3*j0 on, so each thread's recurrent GEMM is one BLAS call on contiguous rows.
- * The BLAS path's layout; the panel path packs per slice inside the time loop's region. */
-static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices,
-                                       int n_threads)
+/* W_hh as the caller gave it: in the dtype (w), or in bfloat16 (w16, w NULL) for the forward of
+ * a quantized GRU. Both (3H, H). */
+typedef struct {
+    const REAL *w;
+    const uint16_t *w16;
+} FN(recurrent_weights);
+
+/* The rows of W_hh for the unpacked kernels: for each slice [j0, j1) the rows r[j0:j1],
+ * z[j0:j1], n[j0:j1], from row 3*j0 on, so each thread's product is one call on contiguous
+ * rows. In the dtype (rows_out), widened from bfloat16 when that is what W_hh is; or kept in
+ * bfloat16 (rows16_out, rows_out NULL) for the ROWS_BF16 kernel. */
+static void FN(pack_recurrent_rows)(REAL *rows_out, uint16_t *rows16_out,
+                                    FN(recurrent_weights) W, int H, int n_slices, int n_threads)
 {
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(n_threads) schedule(static, 1)
 #endif
     for (int k = 0; k < n_slices; k++) {
         int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-        int hs = j1 - j0;  /* may be 0 */
-        for (int g = 0; g < 3; g++)
-            memcpy(w_packed + ((long)3 * j0 + (long)g * hs) * H, w_hh + ((long)g * H + j0) * H,
-                   sizeof(REAL) * hs * H);
+        long hs = j1 - j0;  /* may be 0 */
+        for (int g = 0; g < 3; g++) {
+            long from = ((long)g * H + j0) * H, to = (3L * j0 + g * hs) * H;
+            if (rows16_out) memcpy(rows16_out + to, W.w16 + from, sizeof(uint16_t) * hs * H);
+            else if (W.w16) for (long i = 0; i < hs * H; i++) rows_out[to + i] = (REAL)cgru_bf16_to_f32(W.w16[from + i]);
+            else memcpy(rows_out + to, W.w + from, sizeof(REAL) * hs * H);
+        }
     }
 }
 
 /* Forward panels of one slice [j0, j1) (see slice_packed_elems): the operand of h W_hh^T for
  * the slice's rows of r, z and n, as columns [0, hs), [hs, 2hs), [2hs, 3hs); with reset_after=0
  * the n columns are a second operand after the first (r * h_prev multiplies them). */
-static void FN(pack_forward_panels)(REAL *packed, const REAL *w_hh, int H, int j0, int j1,
+static void FN(pack_forward_panels)(REAL *packed, FN(recurrent_weights) W, int H, int j0, int j1,
                                     int reset_after)
 {
     const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
     const int n_first = reset_after ? 3 : 2;  /* gates in the first operand */
+#define ROWS_OF(g) W.w ? W.w + ((long)(g) * H + j0) * H : 0, W.w16 ? W.w16 + ((long)(g) * H + j0) * H : 0
     for (int g = 0; g < n_first; g++)
-        FN(panels_pack)(packed, H, g * hs, w_hh + ((long)g * H + j0) * H, H, hs, 1);
+        FN(panels_pack)(packed, H, g * hs, ROWS_OF(g), H, hs, 1);
     FN(panels_clear_tail)(packed, H, n_first * hs);
     if (!reset_after) {
         REAL *second = packed + cgru_panels_size(H, 2 * hs, panel);
-        FN(panels_pack)(second, H, 0, w_hh + (2L * H + j0) * H, H, hs, 1);
+        FN(panels_pack)(second, H, 0, ROWS_OF(2), H, hs, 1);
         FN(panels_clear_tail)(second, H, hs);
     }
+#undef ROWS_OF
 }
 
 /* Backward panels of one slice: W_hh's columns [j0, j1) as a (3H, hs) operand; with
@@ -52,24 +65,25 @@ static void FN(pack_backward_panels)(REAL *packed, const REAL *w_hh, int H, int 
 {
     const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
     const int K = reset_after ? 3 * H : 2 * H;
-    FN(panels_pack)(packed, K, 0, w_hh + j0, H, hs, 0);
+    FN(panels_pack)(packed, K, 0, w_hh + j0, 0, H, hs, 0);
     FN(panels_clear_tail)(packed, K, hs);
     if (!reset_after) {
         REAL *second = packed + cgru_panels_size(K, hs, panel);
-        FN(panels_pack)(second, H, 0, w_hh + 2L * H * H + j0, H, hs, 0);
+        FN(panels_pack)(second, H, 0, w_hh + 2L * H * H + j0, 0, H, hs, 0);
         FN(panels_clear_tail)(second, H, hs);
     }
 }
 
 /* Thread `me` of `team` packs the panels of its own slices, with the time loop's slice-to-thread
  * map, so that no barrier is needed before it uses them. at: see slice_packed_offsets. */
-static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_hh, int H,
-                                int n_slices, int reset_after, int backward, int me, int team)
+static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, FN(recurrent_weights) W,
+                                int H, int n_slices, int reset_after, int backward, int me,
+                                int team)
 {
     for_each_own_slice(j0, j1, me, team, n_slices, H, ALIGN) {
         REAL *own = w_packed + at[own_slice_index];
-        if (backward) FN(pack_backward_panels)(own, w_hh, H, j0, j1, reset_after);
-        else FN(pack_forward_panels)(own, w_hh, H, j0, j1, reset_after);
+        if (backward) FN(pack_backward_panels)(own, W.w, H, j0, j1, reset_after);
+        else FN(pack_forward_panels)(own, W, H, j0, j1, reset_after);
     }
 }
 
@@ -82,30 +96,35 @@ static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_
  * Packed: per slice, see pack_forward_panels and pack_backward_panels. Unpacked: the forward
  * reads pack_recurrent_weights's rows, the backward W_hh's columns as they lie.
  */
-static inline FN(cgru_operand) FN(slice_operand)(int panels, const REAL *w_packed,
-                                                 const size_t *packed_at, const REAL *w_hh,
-                                                 int H, int k, int j0, int j1, int reset_after,
-                                                 int backward, int second)
+static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
+                                                 const REAL *w_packed, const size_t *packed_at,
+                                                 const REAL *w_hh, int H, int k, int j0, int j1,
+                                                 int reset_after, int backward, int second)
 {
     const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
-    if (panels) {
+    if (kernel == CGRU_PRODUCT_PANELS) {
         const REAL *own = w_packed + packed_at[k];
         size_t first_size = backward ? cgru_panels_size(2 * H, hs, panel)
                                      : cgru_panels_size(H, 2 * hs, panel);
-        return (FN(cgru_operand)){second ? own + first_size : own, 0, 1};
+        return (FN(cgru_operand)){second ? own + first_size : own, 0, 1, 0};
     }
-    if (backward) return (FN(cgru_operand)){w_hh + (second ? 2L * H * H : 0) + j0, H, 0};
-    return (FN(cgru_operand)){w_packed + 3L * j0 * H + (second ? 2L * hs * H : 0), H, 1};
+    if (backward) return (FN(cgru_operand)){w_hh + (second ? 2L * H * H : 0) + j0, H, 0, 0};
+    const long rows_at = 3L * j0 * H + (second ? 2L * hs * H : 0);  /* pack_recurrent_rows */
+    if (kernel == CGRU_PRODUCT_ROWS_BF16)
+        return (FN(cgru_operand)){0, H, 1, (const uint16_t *)w_packed + rows_at};
+    return (FN(cgru_operand)){w_packed + rows_at, H, 1, 0};
 }
 
-cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
-                                   const REAL *x, const REAL *h0, const REAL *w_ih,
-                                   const REAL *w_hh, const REAL *b_ih, const REAL *b_hh,
-                                   const int64_t *lengths, const cgru_layer_config *cfg)
+/* cgru_layer_forward_f32/_f64, and cgru_layer_forward_bf16 with W in bfloat16 (see cgru.h) */
+static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
+                                     const REAL *x, const REAL *h0, const REAL *w_ih,
+                                     FN(recurrent_weights) W, const REAL *b_ih, const REAL *b_hh,
+                                     const int64_t *lengths, const cgru_layer_config *cfg)
 {
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     cgru_status st = check_config(cfg);
     if (st != CGRU_OK) return st;
+    if (W.w16 && cfg->training) return CGRU_ERR_INFERENCE_ONLY;
     saved = (REAL *)aligned_start(saved);
     scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
@@ -128,15 +147,19 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
         bias[g] = b_ih ? b_ih[g] + ((g < 2 * H || !reset_after) ? b_hh[g] : 0) : 0;
     FN(cgru_gemm_split)(plan, 0, 1, TB, G, I, 1, x, I, w_ih, I, 0, gates, G);
 
-    /* 2. pack W_hh by slices: here for BLAS, inside the loop's region (each thread its own
-     *    slices) for the panel product */
+    /* 2. pack W_hh by slices: here for the unpacked kernels, inside the loop's region (each
+     *    thread its own slices) for the panel product */
     const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1);
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, W.w16 != 0);
     const int panels = kernel == CGRU_PRODUCT_PANELS;
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
-    if (!panels)
-        FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
+    if (!panels) {
+        const int rows16 = kernel == CGRU_PRODUCT_ROWS_BF16;
+        FN(pack_recurrent_rows)(rows16 ? 0 : w_packed, rows16 ? (uint16_t *)w_packed : 0, W, H,
+                                n_slices, cgru_plan_threads(plan, n_slices));
+    }
+    const REAL *w_hh = W.w;  /* NULL for bfloat16: only the packed copies are read */
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
 
@@ -157,7 +180,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 0, me, team);
+        if (panels) FN(pack_own_slices)(w_packed, packed_at, W, H, n_slices, reset_after, 0, me, team);
         cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? T - 1 - s : s;
@@ -171,7 +194,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int n_now = reset_after ? 3 * hs : 2 * hs;  /* r, z (and n) columns now */
                 FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
-                                 FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                 FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
                                                    own_slice_index, j0, j1, reset_after, 0, 0),
                                  B, n_now, H, 0);
                 if (reset_after)
@@ -187,7 +210,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                     FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
                                                        own_slice_index, j0, j1, reset_after, 0, 1),
                                      B, hs, H, 0);
                     FN(gates_forward_n)(h_new, y_t, ldy, gx, bias, gh_own, h_prev, lengths, t, training,
@@ -203,6 +226,26 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
     memcpy(h_n, last, sizeof(REAL) * B * H);
     return CGRU_OK;
 }
+
+cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
+                                   const REAL *x, const REAL *h0, const REAL *w_ih,
+                                   const REAL *w_hh, const REAL *b_ih, const REAL *b_hh,
+                                   const int64_t *lengths, const cgru_layer_config *cfg)
+{
+    return FN(layer_forward)(y, ldy, h_n, saved, scratch, x, h0, w_ih,
+                             (FN(recurrent_weights)){w_hh, 0}, b_ih, b_hh, lengths, cfg);
+}
+
+#if !CGRU_DOUBLE
+cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved, float *scratch,
+                                    const float *x, const float *h0, const float *w_ih,
+                                    const uint16_t *w_hh, const float *b_ih, const float *b_hh,
+                                    const int64_t *lengths, const cgru_layer_config *cfg)
+{
+    return layer_forward_f32(y, ldy, h_n, saved, scratch, x, h0, w_ih,
+                             (recurrent_weights_f32){0, w_hh}, b_ih, b_hh, lengths, cfg);
+}
+#endif
 
 cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL *dw_ih,
                                     REAL *dw_hh, REAL *db_ih, REAL *db_hh, const REAL *dy,
@@ -228,7 +271,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
     REAL *extra = saved + L.extra;    /* (T, B, H): hn or r*h_prev */
     REAL *dh_a = scratch + L.dh_a, *dh_b = scratch + L.dh_b, *drh = scratch + L.drh;
     REAL *w_packed = scratch + L.w_packed;  /* panel path: see pack_backward_panels */
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1);
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, 0);
     const int panels = kernel == CGRU_PRODUCT_PANELS;
 
     if (dh_n) memcpy(dh_a, dh_n, sizeof(REAL) * B * H);
@@ -249,7 +292,9 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 1, me, team);
+        if (panels)
+            FN(pack_own_slices)(w_packed, packed_at, (FN(recurrent_weights)){w_hh, 0}, H, n_slices,
+                                reset_after, 1, me, team);
         cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
         int on = 1;                                 /* 0 once the team goes on without this thread */
         REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */
@@ -272,7 +317,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
                 /* drh (B, H) = da_n (B, H) W_hn (H, H), then da_r; each thread its own columns */
                 for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                     FN(cgru_product)(kernel, drh + j0, H, g_t + 2 * H, G,
-                                     FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                     FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
                                                        own_slice_index, j0, j1, reset_after, 1, 1),
                                      B, j1 - j0, H, 0);
                     FN(gates_backward_r)(dh_prev, g_t, drh, h_prev, lengths, t, B, H, j0, j1);
@@ -284,7 +329,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
             const int K = reset_after ? G : 2 * H;
             for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN)
                 FN(cgru_product)(kernel, dh_prev + j0, H, g_t, G,
-                                 FN(slice_operand)(panels, w_packed, packed_at, w_hh, H,
+                                 FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
                                                    own_slice_index, j0, j1, reset_after, 1, 0),
                                  B, j1 - j0, K, 1);
             if (!reset_after && !(on = cgru_barrier_pass(&step_barrier, &m))) break;

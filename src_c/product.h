@@ -16,6 +16,9 @@
  *           CGRU_PAIRS_MAX_BATCH rows when W_hh is larger than that, where a BLAS call costs more
  *           than its work.
  *   BLAS    SciPy's BLAS GEMM, for everything else.
+ *   ROWS_BF16  as ROWS, on W_hh stored in bfloat16 (a quantized GRU, inference only): half the
+ *           bytes of float32 to stream per step, widened exactly in registers, float32 sums.
+ *           Up to CGRU_BF16_MAX_BATCH rows where the call can pack; always in step().
  * A product on W's own columns (the backward's dgates W_hh, (K, N) as it lies) has no hand-written
  * unpacked kernel: it goes to BLAS unless packed.
  *
@@ -34,6 +37,7 @@
 typedef enum {
     CGRU_PRODUCT_PANELS,
     CGRU_PRODUCT_ROWS,
+    CGRU_PRODUCT_ROWS_BF16,
     CGRU_PRODUCT_PAIRS,
     CGRU_PRODUCT_BLAS,
 } cgru_product_kernel;
@@ -41,6 +45,7 @@ typedef enum {
 #define CGRU_ROWS_MAX_BATCH 4
 #define CGRU_CACHED_BYTES (512 * 1024)
 #define CGRU_PAIRS_MAX_BATCH 8
+#define CGRU_BF16_MAX_BATCH 4
 
 /* The process-wide override of the choice below that tests and comparisons set through
  * cgru_set_panels_mode: -1 follows the CPU, 0 never packs, 1 always packs where the call can. */
@@ -57,11 +62,28 @@ static inline int cgru_panels_preferred(void)
 #endif
 }
 
+/* The same for bfloat16 weights (ROWS_BF16): -1 follows the CPU, 0 always widens them in
+ * registers, 1 takes AVX512_BF16's dot product where the CPU has it. */
+extern int cgru_bf16_dot_mode;
+
+static inline int cgru_bf16_dot_preferred(void)
+{
+#if defined(CGRU_HAVE_BF16_DOT)
+    return cgru_bf16_dot_mode != 0 && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
 /* The kernel for every per-step product of a call with B batch rows and H hidden units of
  * elem_size bytes; can_pack: the call packs its weights once before the loop (the sequence loop
- * does, step() does not). */
-static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_size, int can_pack)
+ * does, step() does not); bf16: W_hh is in bfloat16. A batch larger than
+ * CGRU_BF16_MAX_BATCH reads bfloat16 weights widened once into float32 (a call that packs
+ * widens them as it packs), where they cost no more per row than float32. */
+static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_size, int can_pack,
+                                                      int bf16)
 {
+    if (bf16 && (B <= CGRU_BF16_MAX_BATCH || !can_pack)) return CGRU_PRODUCT_ROWS_BF16;
     if (can_pack && cgru_panels_preferred()) return CGRU_PRODUCT_PANELS;
     const int cached = 3.0 * H * H * elem_size <= CGRU_CACHED_BYTES;  /* W_hh */
     if (B == 1 || (B <= CGRU_ROWS_MAX_BATCH && cached)) return CGRU_PRODUCT_ROWS;

@@ -30,5 +30,30 @@ typedef double cgru_vec_f64 __attribute__((vector_size(64), aligned(8), __may_al
 /* Integer vectors of the same lane widths, for shuffles */
 typedef int32_t cgru_lanes_f32 __attribute__((vector_size(64)));
 typedef int64_t cgru_lanes_f64 __attribute__((vector_size(64)));
+/* A bfloat16 (the upper 16 bits of a float32) as the float32 it stands for: exact. */
+static inline float cgru_bf16_to_f32(uint16_t w)
+{
+    union { uint32_t i; float f; } u = {(uint32_t)w << 16};
+    return u.f;
+}
+
+/* float32 -> bfloat16, rounded to nearest even as AVX512_BF16's conversions round; a NaN stays
+ * a (quiet) NaN. */
+static inline uint16_t cgru_f32_to_bf16(float x)
+{
+    union { float f; uint32_t i; } u = {x};
+    if ((u.i & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u.i | 0x00400000u) >> 16);
+    return (uint16_t)((u.i + 0x7fffu + ((u.i >> 16) & 1u)) >> 16);
+}
+
+/* 32 bfloat16 values as 16 pairs in 32-bit lanes, as one 64-byte load reads them */
+typedef uint32_t cgru_pairs_bf16 __attribute__((vector_size(64), aligned(2), __may_alias__));
+
+/* AVX512_BF16's dot product (vdpbf16ps), where the compiler can target it; used only where the
+ * CPU has it (product.h) */
+#if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10) || \
+                            (defined(__clang__) && __clang_major__ >= 11))
+#define CGRU_HAVE_BF16_DOT 1
+#endif
 
 #endif

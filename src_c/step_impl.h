@@ -6,11 +6,20 @@ typedef struct {
     REAL *h_out;
     const REAL *x_in, *h_prev_all;  /* copies of x (B, I0) and h_in (L, B, H) */
     const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
+    const uint16_t *const *w_hh16;          /* W_hh in bfloat16 instead of w_hh, or NULL */
     REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
     cgru_barrier *barrier;                  /* between layers, and before reset_after=0's n */
-    cgru_product_kernel kernel;             /* product.h */
+    cgru_product_kernel kernel, kernel_hh;  /* product.h: x W_ih^T, h W_hh^T */
     int L, B, I0, H, reset_after, n_slices;
 } FN(step_work);
+
+/* The operand of layer l's W_hh from row `row` on (product.h), in the dtype or in bfloat16. */
+static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int row)
+{
+    const long at = (long)row * w->H;
+    if (w->w_hh16) return (FN(cgru_operand)){0, w->H, 1, w->w_hh16[l] + at};
+    return (FN(cgru_operand)){w->w_hh[l] + at, w->H, 1, 0};
+}
 
 /* The layers of one step, as thread `me` of `team` sees them: its slices of hidden units, and a
  * barrier between layers when there is a team to wait for. */
@@ -24,7 +33,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     REAL *gx = w->gx, *gh = w->gh, *rh = w->rh, *y = w->y, *b_hn = w->b_hn, *bias = w->bias;
     const int L = w->L, B = w->B, I0 = w->I0, H = w->H, G = 3 * H;
     const int reset_after = w->reset_after, n_slices = w->n_slices;
-    const cgru_product_kernel kernel = w->kernel;
+    const cgru_product_kernel kernel = w->kernel, kernel_hh = w->kernel_hh;
     for (int l = 0; l < L; l++) {
         const REAL *in = l == 0 ? x_in : h_out + (long)(l - 1) * B * H;  /* (B, I_l) */
         const int I = l == 0 ? I0 : H;
@@ -44,14 +53,14 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 const int fold = g < 2 || !reset_after;
                 for (int j = 0; j < hs; j++)
                     bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
-                const FN(cgru_operand) w_gate = {w_ih[l] + (long)row0 * I, I, 1};  /* (hs, I) */
+                const FN(cgru_operand) w_gate = {w_ih[l] + (long)row0 * I, I, 1, 0};  /* (hs, I) */
                 FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
             const int gates_now = reset_after ? 3 : 2;
             for (int g = 0; g < gates_now; g++) {
-                const FN(cgru_operand) w_gate = {w_hh[l] + ((long)g * H + j0) * H, H, 1};  /* (hs, H) */
-                FN(cgru_product)(kernel, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
+                const FN(cgru_operand) w_gate = FN(rows_of)(w, l, g * H + j0);  /* (hs, H) */
+                FN(cgru_product)(kernel_hh, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
             }
             if (reset_after)
                 FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
@@ -65,8 +74,8 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
             for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                 const int hs = j1 - j0;
                 REAL *gh_own = gh + 3L * B * j0;
-                const FN(cgru_operand) w_n = {w_hh[l] + (2L * H + j0) * H, H, 1};  /* (hs, H) */
-                FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh, H, w_n, B, hs, H, 0);
+                const FN(cgru_operand) w_n = FN(rows_of)(w, l, 2 * H + j0);  /* (hs, H) */
+                FN(cgru_product)(kernel_hh, gh_own + 2 * hs, 3 * hs, rh, H, w_n, B, hs, H, 0);
                 FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
             }
         }
@@ -76,10 +85,11 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     }
 }
 
-cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
-                          const REAL *const *w_hh, const REAL *const *b_ih,
-                          const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
-                          int n_threads)
+/* cgru_step_f32/_f64, and cgru_step_bf16 with w_hh16 instead of w_hh (see cgru.h) */
+static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
+                            const REAL *const *w_hh, const uint16_t *const *w_hh16,
+                            const REAL *const *b_ih, const REAL *const *b_hh, int L, int B,
+                            int I0, int H, int reset_after, int n_threads)
 {
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     if (L <= 0 || B <= 0 || I0 <= 0 || H <= 0) return CGRU_ERR_BAD_DIMS;
@@ -102,16 +112,18 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     /* threads share the step only on the hand-written products (BLAS must not be called from
      * several threads at once here: step() leaves its thread setting alone) */
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 0);
-    const int shared = kernel != CGRU_PRODUCT_BLAS && work >= STEP_SHARED_WORK && n_threads > 1;
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 0, 0);
+    const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, w_hh16 != 0);
+    const int shared = kernel != CGRU_PRODUCT_BLAS && kernel_hh != CGRU_PRODUCT_BLAS
+                       && work >= STEP_SHARED_WORK && n_threads > 1;
     const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : (cgru_plan){1, 1};  /* threads.h */
     const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
 
     cgru_barrier barrier;
     cgru_barrier_init(&barrier);
-    const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, gx, gh, rh,
-                                        y, b_hn, bias, &barrier, kernel, L, B, I0, H, reset_after,
-                                        n_slices};
+    const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, w_hh16,
+                                        gx, gh, rh, y, b_hn, bias, &barrier, kernel, kernel_hh,
+                                        L, B, I0, H, reset_after, n_slices};
     if (cgru_plan_threads(plan, n_slices) == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
     } else {
@@ -126,5 +138,25 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
     if (scratch != on_stack) free(scratch);
     return CGRU_OK;
 }
+
+cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
+                          const REAL *const *w_hh, const REAL *const *b_ih,
+                          const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
+                          int n_threads)
+{
+    return FN(step)(h_out, h_in, x, w_ih, w_hh, 0, b_ih, b_hh, L, B, I0, H, reset_after,
+                    n_threads);
+}
+
+#if !CGRU_DOUBLE
+cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
+                           const float *const *w_ih, const uint16_t *const *w_hh,
+                           const float *const *b_ih, const float *const *b_hh, int L, int B,
+                           int I0, int H, int reset_after, int n_threads)
+{
+    return step_f32(h_out, h_in, x, w_ih, 0, w_hh, b_ih, b_hh, L, B, I0, H, reset_after,
+                    n_threads);
+}
+#endif
 
 #include "real_end.h"
