@@ -30,6 +30,24 @@ _thread_workspaces = threading.local()
 PREFERRED_BATCH_BLOCK = 256
 
 
+# What GRU.quantize takes: bfloat16 recurrent weights (the only mode so far).
+QUANTIZATION_MODES = ("bfloat16",)
+
+
+def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
+    """The bfloat16 nearest each float32 of a (ties to even, NaN kept NaN), as the uint16 of its
+    bits: the upper half of the float32 it stands for."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return np.where(nan, (bits | np.uint32(0x00400000)) >> 16, rounded).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """The float32 values of bfloat16 bits (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 # True once the user called set_num_threads: defaults chosen elsewhere (distributed fit) yield
 _threads_set_by_user = False
 
@@ -150,6 +168,11 @@ class GRU:
         self.batch_first = batch_first
         self._set_dropout(dropout, stacklevel=3)
         self.training = True
+        # quantize(): the mode, and W_hh of every layer and direction in bfloat16 by name, with
+        # the read-only float32 array (its exact value) that params holds for each
+        self._quantized = None
+        self._bfloat16: dict[str, npt.NDArray[np.uint16]] | None = None
+        self._bfloat16_of: dict[str, FloatArray] = {}
         self._rng = np.random.default_rng(seed)
         self._init_run_state()
         H, D = self.hidden_size, self.num_directions
@@ -264,7 +287,12 @@ class GRU:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_quantized", None)  # pickled before quantize() existed
+        state.setdefault("_bfloat16", None)
+        state.setdefault("_bfloat16_of", {})
         self.__dict__.update(state)
+        for value in self._bfloat16_of.values():  # unpickled arrays come back writeable
+            value.flags.writeable = False
         self._init_run_state()
         _Parameter.register(self._shapes)
 
@@ -313,6 +341,8 @@ class GRU:
             target[...] = arr
         else:  # the entry was replaced by something the engine cannot use: a proper one again
             params[name] = _aligned(arr.astype(self.dtype))
+        if self._bfloat16 is not None and name in self._bfloat16:
+            self._round_to_bfloat16(name)
 
     def named_parameters(self, prefix: str = "",
                          recurse: bool = True) -> Iterator[tuple[str, FloatArray]]:
@@ -339,8 +369,64 @@ class GRU:
 
     def train(self, mode: bool = True) -> Self:
         """Training mode: forwards keep what backward needs, and dropout applies."""
+        if mode and self._quantized is not None:
+            raise RuntimeError(self._inference_only("train"))
         self.training = bool(mode)
         return self
+
+    # ---- reduced precision ----------------------------------------------------------------------
+
+    @property
+    def quantized(self) -> str | None:
+        """None, or the mode quantize() stored the weights in ("bfloat16")."""
+        return self._quantized
+
+    def quantize(self, mode: str) -> Self:
+        """Store the recurrent weights in reduced precision for faster inference, in place (as
+        Keras 3's `Model.quantize(mode)`); returns the GRU.
+
+        mode "bfloat16": every W_hh (weight_hh_l*) is rounded to the nearest bfloat16, and the
+        engine multiplies it with the state rounded to bfloat16 too, summing in float32 (with
+        AVX512_BF16's dot product where the CPU has it, an exact float32 emulation elsewhere).
+        Inputs, outputs, states, W_ih and biases stay float32. Per time step the recurrent
+        product then reads half the bytes, which is what bounds streaming and small batches.
+        The GRU becomes inference-only: `train()`, a training forward and `backward` raise.
+
+        Afterwards params holds each W_hh's rounded value, read-only; assigning a weight
+        (`gru.weight_hh_l0 = w`, `load_state_dict`, replacing the params entry) rounds the new
+        value to bfloat16 in turn. Quantize a copy (`copy.deepcopy(gru).quantize(mode)`) to keep
+        a trainable float32 GRU.
+        """
+        if mode not in QUANTIZATION_MODES:
+            raise ValueError(f"quantize: mode must be one of {list(QUANTIZATION_MODES)}, got "
+                             f"{mode!r}")
+        if self._quantized is not None:
+            raise ValueError(f"quantize: this GRU is already quantized ({self._quantized!r})")
+        if self.dtype != np.float32:
+            raise TypeError(f"quantize: mode {mode!r} takes a float32 GRU, got one of dtype "
+                            f"{self.dtype}")
+        self._checked_params()
+        self.training = False
+        self._context = None
+        self._quantized = mode
+        self._bfloat16 = {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                self._round_to_bfloat16(self._names(layer, d)[1])
+        return self
+
+    def _round_to_bfloat16(self, name):
+        """W_hh `name` into bfloat16, with its exact float32 value as a read-only params entry."""
+        bits = _aligned(to_bfloat16_bits(self.params[name]))
+        value = _aligned(from_bfloat16_bits(bits))
+        value.flags.writeable = False
+        self.params[name] = value
+        self._bfloat16[name] = bits
+        self._bfloat16_of[name] = value
+
+    def _inference_only(self, what):
+        return (f"{what}: this GRU is quantized to {self._quantized} and runs inference only "
+                f"(forward in eval mode, step); quantize a copy to keep a trainable one")
 
     def eval(self) -> Self:
         """Inference mode: forwards keep nothing and skip dropout."""
@@ -373,7 +459,11 @@ class GRU:
                 raise TypeError(f"load_state_dict: '{k}' must be floating point, got {arr.dtype}")
             loaded[k] = np.array(arr, dtype=self.dtype, order="C", copy=True)
         for k, v in loaded.items():
-            self.params[k][...] = v
+            if self._bfloat16 is not None and k in self._bfloat16:
+                self.params[k] = _aligned(v)
+                self._round_to_bfloat16(k)
+            else:
+                self.params[k][...] = v
 
     def __repr__(self) -> str:
         # torch.nn.GRU's extra_repr (non-default options in its order), then cgru's own options
@@ -423,6 +513,11 @@ class GRU:
             if v.shape != shape:
                 raise ValueError(f"params['{k}'] must have shape {shape}, got {v.shape}")
             checked[k] = v if v.flags.aligned else _aligned(v)
+        if self._bfloat16 is not None:
+            for k in self._bfloat16:  # an entry replaced since: rounded in its turn
+                if self.params[k] is not self._bfloat16_of[k]:
+                    self._round_to_bfloat16(k)
+                    checked[k] = self.params[k]
         return checked
 
     def _checked_grads(self):
@@ -508,6 +603,8 @@ class GRU:
         lengths = self._lengths(lengths, T, B)
         params = self._checked_params()
         if self.training:
+            if self._quantized is not None:  # training was set directly, not through train()
+                raise RuntimeError(self._inference_only("a training-mode forward"))
             y, h_n = self._train_forward(x, h0, lengths, params, unbatched)
         else:
             y, h_n = self._infer(x, h0, lengths, params, with_outputs)
@@ -632,7 +729,10 @@ class GRU:
                     else:
                         out = buffers[layer % 2][:np.prod(shape)].reshape(shape)
                     for d in range(D):
-                        w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in self._names(layer, d))
+                        names = self._names(layer, d)
+                        w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in names)
+                        if self._bfloat16 is not None:
+                            w_hh = self._bfloat16[names[1]]
                         state = layer * D + d
                         _engine.layer_forward(
                             out, d * H, h_block[state], saved, scratch, layer_input,
@@ -653,6 +753,8 @@ class GRU:
         dy has y's shape, dh_n h_n's (or None). Returns (dx, dh0) and adds the parameter
         gradients into `self.grads` (call `zero_grad()` to clear them). One backward per forward.
         """
+        if self._quantized is not None:
+            raise RuntimeError(self._inference_only("backward"))
         if self._context is None:
             if getattr(self._pending, "spent", False):
                 raise RuntimeError("backward was already called for the last forward; run a "
@@ -738,9 +840,11 @@ class GRU:
             h = self._zero_state(x_t)
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
         # reads the architecture's fields directly: a property costs ~60 ns per access)
+        if self._bfloat16 is not None:
+            self._checked_params()  # re-rounds a W_hh entry replaced since
         return _engine.gru_step(self.params, self._step_names, x_t, h, out, self._num_layers,
                                 self._input_size, self._hidden_size, self._reset_after,
-                                self._bias, self._dtype)
+                                self._bias, self._dtype, self._bfloat16)
 
     def _zero_state(self, x_t):
         """step()'s zero state for x_t: (num_layers, B, hidden_size), or (num_layers,

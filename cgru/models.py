@@ -327,6 +327,31 @@ class Model:
             _metrics.get(m, self.loss)  # fail now, not at the first epoch
         self.metric_names = [m if isinstance(m, str) else m.name for m in metrics]
 
+    # ---- reduced precision ----------------------------------------------------------------------
+
+    def quantize(self, mode: str) -> None:
+        """Store the recurrent weights of every GRU layer (Bidirectional ones too) in `mode`
+        ("bfloat16"), in place, as Keras 3's `Model.quantize(mode)`; see `cgru.GRU.quantize`.
+        The model then predicts and evaluates, and refuses to train. Saved models keep it."""
+        self._require_built("quantize")
+        targets = [layer for layer in self.layers if hasattr(layer, "quantize")]
+        if not targets:
+            raise ValueError(f"quantize: this model has no GRU layer to quantize (layers: "
+                             f"{[layer.name for layer in self.layers]})")
+        quantized = [layer.name for layer in targets if layer.quantized is not None]
+        if quantized:
+            raise ValueError(f"quantize: layers {quantized} are already quantized")
+        for layer in targets:
+            layer.quantize(mode)
+
+    def _require_trainable(self, what):
+        quantized = [layer.name for layer in self.layers
+                     if getattr(layer, "quantized", None) is not None]
+        if quantized:
+            raise RuntimeError(f"{what}: layers {quantized} are quantized and run inference only "
+                               f"(predict, evaluate); train a float32 model and quantize it "
+                               f"afterwards")
+
     def _require_compiled(self, what):
         if self.loss is None:
             raise RuntimeError(f"{what} needs a compiled model: call model.compile(optimizer, "
@@ -368,6 +393,7 @@ class Model:
                        class_weight: dict[int, float] | None = None) -> float:
         """One optimizer update on one batch; returns the batch's loss (before the update)."""
         self._require_compiled("train_on_batch")
+        self._require_trainable("train_on_batch")
         xs = self._inputs(x)
         y = self._targets(y, len(xs[0]))
         weights = self._weights(sample_weight, class_weight, y, len(y))
@@ -378,6 +404,7 @@ class Model:
         """(loss, {'layer/param': gradient}) for one batch, without updating anything.
         training=True applies dropout as fit does."""
         self._require_compiled("gradients")
+        self._require_trainable("gradients")
         xs = self._inputs(x)
         y = self._targets(y, len(xs[0]))
         loss, _, _ = self._backpropagate(xs, y, None, dropout=training)
@@ -520,6 +547,7 @@ class Model:
         Outside mpiexec it trains in this process alone.
         """
         self._require_compiled("fit")
+        self._require_trainable("fit")
         xs = self._inputs(x)
         n_all = len(xs[0])
         y = self._targets(y, n_all)

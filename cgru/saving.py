@@ -330,9 +330,9 @@ def _read_model(archive, compile):
     except (ValueError, TypeError) as e:
         raise _invalid(str(e)) from None
     for layer in model.layers:
-        for name, target in layer.params.items():
+        for name in list(layer.params):
             key = f"weights/{layer.name}/{name}"
-            target[...] = archive.array(key, descr, expected[key])
+            layer.load_parameter(name, archive.array(key, descr, expected[key]))
     try:
         model.rng.bit_generator.state = description["rng_state"]
     except (ValueError, TypeError, KeyError, OverflowError) as e:

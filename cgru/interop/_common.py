@@ -7,3 +7,19 @@ def require(module, install):
         return __import__(module)
     except ImportError as e:
         raise ImportError(f"this conversion needs {module}: pip install {install} ({e})") from None
+
+
+def refuse_quantized(gru_or_model, what, target):
+    """A ValueError when a cgru.GRU or model holds quantized weights: `target` has no GRU that
+    computes what cgru's reduced precision computes, so the export would change the outputs."""
+    layers = getattr(gru_or_model, "layers", None)
+    if layers is None:
+        quantized = [type(gru_or_model).__name__] if getattr(gru_or_model, "quantized", None) \
+            else []
+    else:
+        quantized = [f"layer '{layer.name}'" for layer in layers
+                     if getattr(layer, "quantized", None) is not None]
+    if quantized:
+        raise ValueError(f"{what}: {', '.join(quantized)} holds bfloat16 recurrent weights, and "
+                         f"{target} has no GRU that computes as cgru's bfloat16 one does; "
+                         f"export the float32 model (before quantize) instead")

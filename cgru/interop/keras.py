@@ -17,6 +17,7 @@ import numpy as np
 from .. import graph as _graph
 from .. import layers as _layers
 from ..models import Model, Sequential
+from ._common import refuse_quantized
 
 
 def _keras():
@@ -271,10 +272,11 @@ def _from_functional(keras_model):
 def to_keras(model: Model) -> Any:
     """A built Keras model with the layers and weights of a built cgru.Sequential (a
     keras.Sequential) or cgru.Model (a functional keras.Model)."""
-    keras = _keras()
     if not isinstance(model, Model):
         raise TypeError(f"to_keras converts a cgru.Sequential or cgru.Model, got "
                         f"{type(model).__name__}")
+    refuse_quantized(model, "to_keras", "Keras")
+    keras = _keras()
     model._require_built("to_keras")
     pairs = []
     if isinstance(model, Sequential):

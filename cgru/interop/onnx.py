@@ -14,7 +14,7 @@ from .. import layers as _layers
 from ..conventions import swap_gate_blocks
 from ..gru import GRU
 from ..models import Sequential
-from ._common import require
+from ._common import refuse_quantized, require
 
 ONNX_OPSET = 17
 _ONNX_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
@@ -80,9 +80,10 @@ def export_onnx(gru_or_model: GRU | Sequential, path: str | os.PathLike[str],
     (inference). Weights keep the model's dtype (ONNX Runtime's GRU runs float32 only). The
     architecture also goes into the file's metadata, so load_onnx restores it exactly.
     """
+    obj = gru_or_model
+    refuse_quantized(obj, "export_onnx", "ONNX")
     onnx = require("onnx", "onnx")
     helper = onnx.helper
-    obj = gru_or_model
     if isinstance(obj, GRU):
         graph, inputs, outputs, meta = _export_gru(onnx, obj, lengths)
     elif isinstance(obj, Sequential):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..gru import GRU
-from ._common import require
+from ._common import refuse_quantized, require
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,7 @@ def to_torch(gru: GRU) -> torch.nn.GRU:
     torch = require("torch", "torch==2.13.0")
     if not isinstance(gru, GRU):
         raise TypeError(f"to_torch converts a cgru.GRU, got {type(gru).__name__}")
+    refuse_quantized(gru, "to_torch", "PyTorch")
     if not gru.reset_after:
         raise ValueError("to_torch: PyTorch's GRU computes reset_after=True only; this cgru.GRU "
                          "has reset_after=False")

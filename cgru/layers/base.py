@@ -285,6 +285,11 @@ class Layer:
         for name, w in zip(names, arrays):
             self.params[name][...] = w
 
+    def load_parameter(self, name: str, value: Array) -> None:
+        """params[name] = value, value checked by the caller (load_model); a layer whose
+        parameters are stored otherwise (a quantized GRU) converts it."""
+        self.params[name][...] = value
+
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -344,6 +349,9 @@ class Wrapper(Layer):
 
     def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         self.layer.set_weights(weights)
+
+    def load_parameter(self, name: str, value: Array) -> None:
+        self.layer.load_parameter(name, value)
 
     def release(self):
         self.layer.release()

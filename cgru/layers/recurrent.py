@@ -21,6 +21,7 @@ import numpy as np
 from .. import _checks, conventions, initializers
 from .._typing import Array, ArrayLike, FloatArray, Self
 from ..gru import GRU as _EngineGRU
+from ..gru import QUANTIZATION_MODES as _QUANTIZATION_MODES
 from .base import Layer, Wrapper, _config, _construct, _same_config
 
 
@@ -109,6 +110,9 @@ class GRU(Layer):
     per sequence shared by all time steps, as Keras), kernel_initializer ('glorot_uniform'),
     recurrent_initializer ('orthogonal'), bias_initializer ('zeros'), use_bias. The engine's
     activations are sigmoid and tanh. Called as `gru(x, initial_state=h0, mask=mask)`.
+
+    quantized: None, or "bfloat16" for a layer whose recurrent weights are stored in bfloat16
+    once built (see `quantize`; saved models record it here).
     """
 
     def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
@@ -119,9 +123,13 @@ class GRU(Layer):
                  bias_initializer: str | initializers.Initializer = "zeros",
                  use_bias: bool = True, activation: str = "tanh",
                  recurrent_activation: str = "sigmoid", recurrent_dropout: float = 0.0,
-                 unroll: bool = False, name: str | None = None,
+                 unroll: bool = False, quantized: str | None = None, name: str | None = None,
                  **shape_keywords: Any) -> None:
         super().__init__(name, **shape_keywords)
+        if quantized is not None and quantized not in _QUANTIZATION_MODES:
+            raise ValueError(f"GRU: quantized must be None or one of "
+                             f"{list(_QUANTIZATION_MODES)}, got {quantized!r}")
+        self._quantized = quantized
         self.units = _checks.positive_int(units, "units", "GRU")
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
@@ -182,6 +190,27 @@ class GRU(Layer):
                 shape = (2, 3 * H) if self.reset_after else (3 * H,)
                 weights.append(self.bias_initializer(shape, rng, self.dtype))
         self.set_weights(weights)
+        if self._quantized is not None:
+            self._engine.quantize(self._quantized)
+
+    def load_parameter(self, name: str, value: Array) -> None:
+        self._engine._assign_parameter(name, value)  # a quantized W_hh: rounded to bfloat16
+
+    # ---- reduced precision ----------------------------------------------------------------------
+
+    @property
+    def quantized(self) -> str | None:
+        """None, or the mode the recurrent weights are stored in ("bfloat16")."""
+        return self._quantized
+
+    def quantize(self, mode: str) -> None:
+        """Store the recurrent weights in `mode` ("bfloat16"), in place, as Keras 3's
+        `layer.quantize(mode)`: see `cgru.GRU.quantize`. The layer then runs inference only."""
+        if not self.built:
+            raise ValueError(f"layer '{self._label}' (GRU): quantize needs a built layer; build "
+                             f"the model (or call it on data) first")
+        self._engine.quantize(mode)
+        self._quantized = mode
 
     def build_for(self, input_shapes, rng, dtype):
         self.build(input_shapes[0], rng, dtype)
@@ -415,13 +444,14 @@ class GRU(Layer):
             engine = conventions.keras_to_engine(kernel, recurrent, bias[0] if bias else None,
                                                  self.reset_after)
             for name, value in zip(self._engine_names(d), engine):
-                if value is not None:
-                    self.params[name][...] = value
+                if value is not None:  # a quantized W_hh is rounded to bfloat16 again
+                    self._engine._assign_parameter(name, value)
 
     # ---- config ---------------------------------------------------------------------------------
 
     # settings added after the file format's first version: files without them get these
-    _LATER_SETTINGS = {"return_state": False, "go_backwards": False, "stateful": False}
+    _LATER_SETTINGS = {"return_state": False, "go_backwards": False, "stateful": False,
+                       "quantized": None}
     _INITIALIZER_KEYS = ("kernel_initializer", "recurrent_initializer", "bias_initializer")
 
     def get_config(self) -> dict[str, Any]:
@@ -429,7 +459,7 @@ class GRU(Layer):
                 "return_sequences": self.return_sequences, "return_state": self.return_state,
                 "go_backwards": self.go_backwards, "stateful": self.stateful,
                 "reset_after": self.reset_after, "dropout": self.dropout,
-                "use_bias": self.use_bias,
+                "use_bias": self.use_bias, "quantized": self.quantized,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer)}
@@ -554,6 +584,15 @@ class Bidirectional(Wrapper):
     def release(self):
         self._parts = None
         super().release()
+
+    @property
+    def quantized(self) -> str | None:
+        """The wrapped GRU's quantization: None or "bfloat16"."""
+        return self.layer.quantized
+
+    def quantize(self, mode: str) -> None:
+        """Quantize both directions' recurrent weights (see `GRU.quantize`)."""
+        self.layer.quantize(mode)
 
     # ---- config ---------------------------------------------------------------------------------
 
