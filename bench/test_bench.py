@@ -224,6 +224,53 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                                 blas_kernel=blas_architecture())
 
 
+# quantize("bfloat16") against float32, same weights: (T, B, H) with I = 32; streaming and small
+# batches (what bfloat16 weights are for) and a large batch for the record
+QUANTIZED_SHAPES = [(1000, 1, 128), (1000, 1, 512), (200, 8, 128), (200, 8, 512), (50, 128, 512)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("call", ["step()", "whole sequence"])
+@pytest.mark.parametrize("shape", QUANTIZED_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+def test_quantized(benchmark, shape, call, precision, sgemm_gflops):
+    """cgru.GRU(seed=0) in float32 and after quantize("bfloat16"), one call per step from
+    Python (step()) or one call for the sequence; the bfloat16 final state is checked against
+    float32's first (within the accuracy contract, 1e-2)."""
+    T, B, H = shape
+    _, x = problem(T, B, STREAM_I, H)
+    cgru.set_num_threads(THREADS)
+    reference = cgru.GRU(STREAM_I, H, seed=0).eval()
+    gru = cgru.GRU(STREAM_I, H, seed=0).eval()
+    if precision == "bfloat16":
+        gru.quantize("bfloat16")
+    h = np.zeros((1, B, H), np.float32)
+    if call == "step()":
+        def run():
+            h.fill(0)
+            for t in range(T):
+                gru.step(x[t], h, out=h)
+            return h[0]
+    else:
+        def run():
+            return gru(x)[1][0]
+    err = float(np.max(np.abs(run() - reference(x)[1][0])))
+    assert err <= 1e-2, f"{precision} {call}'s final state differs from float32's by {err:.3g}"
+    benchmark.group = f"quantized {call} T{T}-B{B}-I{STREAM_I}-H{H}"
+    handoff_us = settle()
+    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:
+        return
+    gflops = flops((T, B, STREAM_I, H, 1, False), False) / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(implementation=f"cgru {precision}",
+                                config=f"T{T}-B{B}-I{STREAM_I}-H{H} {call}",
+                                pass_name="quantized", precision=precision,
+                                per_step_us=benchmark.stats.stats.median / T * 1e6,
+                                gflops=gflops, sgemm_fraction=gflops / sgemm_gflops,
+                                sgemm_gflops=sgemm_gflops, threads=THREADS,
+                                handoff_us=handoff_us, blas_kernel=blas_architecture(),
+                                bf16_kernel=cgru.info()["bfloat16_product"])
+
+
 SCALING_CONFIG = (50, 128, 512, 512, 1, False)
 SCALING_THREADS = sorted({1, 2, THREADS} | {n for n in (4, 8, 16) if n <= (os.cpu_count() or 1)})
 

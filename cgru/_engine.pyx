@@ -291,6 +291,24 @@ def panels_active():
     return bool(cgru_panels_active())
 
 
+def bf16_strips_size(Py_ssize_t H):
+    """Elements of a (3H, H) W_hh in bfloat16 strips (src_c/product.h)."""
+    return 3 * ((H + 15) // 16) * ((H + 1) // 2) * 32
+
+
+def bf16_strips(bits):
+    """W_hh (3H, H) as bfloat16 bits (uint16) -> the engine's strips (3 S P, 32), S = ceil(H/16)
+    strips of 16 units per gate, P = ceil(H/2) pairs of k (src_c/product.h):
+    strips[(g S + s) P + p, 2 i + e] = W_hh[g H + 16 s + i, 2 p + e], 0 past H."""
+    bits = np.asarray(bits, np.uint16)
+    H = bits.shape[1]
+    S, P = (H + 15) // 16, (H + 1) // 2
+    padded = np.zeros((3, 16 * S, 2 * P), np.uint16)
+    padded[:, :H, :H] = bits.reshape(3, H, H)
+    strips = padded.reshape(3, S, 16, P, 2).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(strips).reshape(3 * S * P, 32)
+
+
 def set_bf16_dot_mode(int mode):
     """bfloat16 weights multiplied with AVX512_BF16's dot product where the CPU has it (1, or -1:
     as the CPU suggests), or widened to float32 in registers (0)."""
@@ -382,7 +400,10 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size. A uint16
     w_hh holds bfloat16 weights (a quantized float32 GRU, inference only)."""
     cdef int T = _engine_int(x.shape[0], "time steps"), B = _engine_int(x.shape[1], "batch")
-    cdef int I = _engine_int(x.shape[2], "input size"), H = _engine_int(w_hh.shape[1], "hidden size")
+    # bfloat16 strips (a uint16 w_hh) do not show H in their shape: h_n (B, H) does
+    cdef bint bf16 = w_hh.dtype == _BFLOAT16_BITS
+    cdef int I = _engine_int(x.shape[2], "input size")
+    cdef int H = _engine_int(h_n.shape[1] if bf16 else w_hh.shape[1], "hidden size")
     cdef int ldy = _engine_int(y.shape[2], "output width")
     if column < 0 or column + H > ldy or y.shape[0] != T or y.shape[1] != B:
         raise ValueError("layer_forward: output block out of range")
@@ -398,10 +419,10 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef void *px = _data(x, dt, TB * I, "x")
     cdef void *ph0 = _data(h0, dt, B * H, "h0", optional=True)
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
-    cdef bint bf16 = w_hh.dtype == _BFLOAT16_BITS
     if bf16 and (dt is not _FLOAT32 or training):
         raise TypeError("layer_forward: bfloat16 weights run a float32 inference forward only")
-    cdef void *pw_hh = _data(w_hh, _BFLOAT16_BITS if bf16 else dt, G * H, "w_hh")
+    cdef void *pw_hh = _data(w_hh, _BFLOAT16_BITS if bf16 else dt,
+                             bf16_strips_size(H) if bf16 else G * H, "w_hh")
     cdef void *pb_ih = _data(b_ih, dt, G, "b_ih", optional=True)
     cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
@@ -530,8 +551,8 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
 
     params: the GRU's parameter dict; names: (w_ih names, w_hh names, b_ih names, b_hh names),
     one per layer; x_t (B, I) with h (L, B, H), or x_t (I,) with h (L, H); out: None or an array
-    of h's shape; bfloat16: None, or the W_hh of every layer in bfloat16 (uint16, by the same
-    names) of a quantized float32 GRU. Returns out, or a new array."""
+    of h's shape; bfloat16: None, or the W_hh of every layer in bfloat16 strips (bf16_strips,
+    by the same names) of a quantized float32 GRU. Returns out, or a new array."""
     if L < 1 or L > MAX_LAYERS:
         raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
     if len(names) != 4 or len(<tuple?>names[0]) != L or len(<tuple?>names[1]) != L \
@@ -600,7 +621,8 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
             wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
         else:
             wh[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_hh[l], cnp.NPY_UINT16,
-                                                 _BFLOAT16_BITS, G, H, held))
+                                                 _BFLOAT16_BITS, bf16_strips_size(H) // 32, 32,
+                                                 held))
         if bias:
             bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
             bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0, held))

@@ -416,13 +416,25 @@ class GRU:
         return self
 
     def _round_to_bfloat16(self, name):
-        """W_hh `name` into bfloat16, with its exact float32 value as a read-only params entry."""
-        bits = _aligned(to_bfloat16_bits(self.params[name]))
+        """W_hh `name` into bfloat16, laid out as the engine reads it (_engine.bf16_strips), with
+        its exact float32 value as a read-only params entry."""
+        bits = to_bfloat16_bits(self.params[name])
         value = _aligned(from_bfloat16_bits(bits))
         value.flags.writeable = False
         self.params[name] = value
-        self._bfloat16[name] = bits
+        self._bfloat16[name] = _aligned(_engine.bf16_strips(bits))
         self._bfloat16_of[name] = value
+
+    def _refresh_bfloat16(self, checked=False):
+        """A W_hh entry of params replaced since it was rounded is rounded in its turn, once
+        _checked_params has checked the new one (checked: it has)."""
+        params = self.params
+        for name, value in self._bfloat16_of.items():
+            if params.get(name) is not value:
+                if not checked:
+                    self._checked_params()  # checks every entry, then comes back here
+                    return
+                self._round_to_bfloat16(name)
 
     def _inference_only(self, what):
         return (f"{what}: this GRU is quantized to {self._quantized} and runs inference only "
@@ -514,10 +526,8 @@ class GRU:
                 raise ValueError(f"params['{k}'] must have shape {shape}, got {v.shape}")
             checked[k] = v if v.flags.aligned else _aligned(v)
         if self._bfloat16 is not None:
-            for k in self._bfloat16:  # an entry replaced since: rounded in its turn
-                if self.params[k] is not self._bfloat16_of[k]:
-                    self._round_to_bfloat16(k)
-                    checked[k] = self.params[k]
+            self._refresh_bfloat16(checked=True)
+            checked.update((k, self.params[k]) for k in self._bfloat16)
         return checked
 
     def _checked_grads(self):
@@ -841,7 +851,7 @@ class GRU:
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
         # reads the architecture's fields directly: a property costs ~60 ns per access)
         if self._bfloat16 is not None:
-            self._checked_params()  # re-rounds a W_hh entry replaced since
+            self._refresh_bfloat16()
         return _engine.gru_step(self.params, self._step_names, x_t, h, out, self._num_layers,
                                 self._input_size, self._hidden_size, self._reset_after,
                                 self._bias, self._dtype, self._bfloat16)

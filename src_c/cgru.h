@@ -115,9 +115,12 @@ cgru_status cgru_layer_forward_f64(double *y, int ldy, double *h_n, double *save
                                    const int64_t *lengths, const cgru_layer_config *cfg);
 
 /*
- * The same forward, in inference (training = 0), with W_hh (3H, H) in bfloat16: each element the
- * upper 16 bits of a float32 (a quantized GRU). The products accumulate in float32; inputs,
- * states and outputs are float32.
+ * The same forward, in inference (training = 0), with W_hh in bfloat16 (a quantized GRU): each
+ * element the upper 16 bits of a float32, laid out in strips (product.h):
+ *   w_hh[((g S + s) P + p) 32 + 2 i + e] = W_hh[g H + 16 s + i][2 p + e], 0 past H,
+ * with S = ceil(H / 16), P = ceil(H / 2), 3 S P 32 elements in all. The state is rounded to
+ * bfloat16 for the recurrent product, whose products are exact and whose sums are float32;
+ * inputs, outputs, W_ih and biases are float32.
  */
 cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved, float *scratch,
                                     const float *x, const float *h0, const float *w_ih,

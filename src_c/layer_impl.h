@@ -9,53 +9,47 @@ static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int
     return states + (long)(t + (c->reverse ? !next : next)) * BH;
 }
 
-/* W_hh as the caller gave it: in the dtype (w), or in bfloat16 (w16, w NULL) for the forward of
- * a quantized GRU. Both (3H, H). */
+/* W_hh as the caller gave it: in the dtype (w), or for the forward of a quantized GRU in
+ * bfloat16 strips (w16, w NULL; product.h). */
 typedef struct {
     const REAL *w;
     const uint16_t *w16;
 } FN(recurrent_weights);
 
-/* The rows of W_hh for the unpacked kernels: for each slice [j0, j1) the rows r[j0:j1],
- * z[j0:j1], n[j0:j1], from row 3*j0 on, so each thread's product is one call on contiguous
- * rows. In the dtype (rows_out), widened from bfloat16 when that is what W_hh is; or kept in
- * bfloat16 (rows16_out, rows_out NULL) for the ROWS_BF16 kernel. */
-static void FN(pack_recurrent_rows)(REAL *rows_out, uint16_t *rows16_out,
-                                    FN(recurrent_weights) W, int H, int n_slices, int n_threads)
+/* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
+ * (3H, H), from row 3*j0 on, so each thread's product is one call on contiguous rows. The
+ * unpacked kernels' layout; the panel path packs per slice inside the time loop's region. */
+static void FN(pack_recurrent_weights)(REAL *w_packed, const REAL *w_hh, int H, int n_slices,
+                                       int n_threads)
 {
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(n_threads) schedule(static, 1)
 #endif
     for (int k = 0; k < n_slices; k++) {
         int j0 = cgru_block_start(k, H, n_slices, ALIGN), j1 = cgru_block_start(k + 1, H, n_slices, ALIGN);
-        long hs = j1 - j0;  /* may be 0 */
-        for (int g = 0; g < 3; g++) {
-            long from = ((long)g * H + j0) * H, to = (3L * j0 + g * hs) * H;
-            if (rows16_out) memcpy(rows16_out + to, W.w16 + from, sizeof(uint16_t) * hs * H);
-            else if (W.w16) for (long i = 0; i < hs * H; i++) rows_out[to + i] = (REAL)cgru_bf16_to_f32(W.w16[from + i]);
-            else memcpy(rows_out + to, W.w + from, sizeof(REAL) * hs * H);
-        }
+        int hs = j1 - j0;  /* may be 0 */
+        for (int g = 0; g < 3; g++)
+            memcpy(w_packed + ((long)3 * j0 + (long)g * hs) * H, w_hh + ((long)g * H + j0) * H,
+                   sizeof(REAL) * hs * H);
     }
 }
 
 /* Forward panels of one slice [j0, j1) (see slice_packed_elems): the operand of h W_hh^T for
  * the slice's rows of r, z and n, as columns [0, hs), [hs, 2hs), [2hs, 3hs); with reset_after=0
  * the n columns are a second operand after the first (r * h_prev multiplies them). */
-static void FN(pack_forward_panels)(REAL *packed, FN(recurrent_weights) W, int H, int j0, int j1,
+static void FN(pack_forward_panels)(REAL *packed, const REAL *w_hh, int H, int j0, int j1,
                                     int reset_after)
 {
     const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
     const int n_first = reset_after ? 3 : 2;  /* gates in the first operand */
-#define ROWS_OF(g) W.w ? W.w + ((long)(g) * H + j0) * H : 0, W.w16 ? W.w16 + ((long)(g) * H + j0) * H : 0
     for (int g = 0; g < n_first; g++)
-        FN(panels_pack)(packed, H, g * hs, ROWS_OF(g), H, hs, 1);
+        FN(panels_pack)(packed, H, g * hs, w_hh + ((long)g * H + j0) * H, H, hs, 1);
     FN(panels_clear_tail)(packed, H, n_first * hs);
     if (!reset_after) {
         REAL *second = packed + cgru_panels_size(H, 2 * hs, panel);
-        FN(panels_pack)(second, H, 0, ROWS_OF(2), H, hs, 1);
+        FN(panels_pack)(second, H, 0, w_hh + (2L * H + j0) * H, H, hs, 1);
         FN(panels_clear_tail)(second, H, hs);
     }
-#undef ROWS_OF
 }
 
 /* Backward panels of one slice: W_hh's columns [j0, j1) as a (3H, hs) operand; with
@@ -65,25 +59,24 @@ static void FN(pack_backward_panels)(REAL *packed, const REAL *w_hh, int H, int 
 {
     const int hs = j1 - j0, panel = CGRU_PANEL_WIDTH(sizeof(REAL));
     const int K = reset_after ? 3 * H : 2 * H;
-    FN(panels_pack)(packed, K, 0, w_hh + j0, 0, H, hs, 0);
+    FN(panels_pack)(packed, K, 0, w_hh + j0, H, hs, 0);
     FN(panels_clear_tail)(packed, K, hs);
     if (!reset_after) {
         REAL *second = packed + cgru_panels_size(K, hs, panel);
-        FN(panels_pack)(second, H, 0, w_hh + 2L * H * H + j0, 0, H, hs, 0);
+        FN(panels_pack)(second, H, 0, w_hh + 2L * H * H + j0, H, hs, 0);
         FN(panels_clear_tail)(second, H, hs);
     }
 }
 
 /* Thread `me` of `team` packs the panels of its own slices, with the time loop's slice-to-thread
  * map, so that no barrier is needed before it uses them. at: see slice_packed_offsets. */
-static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, FN(recurrent_weights) W,
-                                int H, int n_slices, int reset_after, int backward, int me,
-                                int team)
+static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_hh, int H,
+                                int n_slices, int reset_after, int backward, int me, int team)
 {
     for_each_own_slice(j0, j1, me, team, n_slices, H, ALIGN) {
         REAL *own = w_packed + at[own_slice_index];
-        if (backward) FN(pack_backward_panels)(own, W.w, H, j0, j1, reset_after);
-        else FN(pack_forward_panels)(own, W, H, j0, j1, reset_after);
+        if (backward) FN(pack_backward_panels)(own, w_hh, H, j0, j1, reset_after);
+        else FN(pack_forward_panels)(own, w_hh, H, j0, j1, reset_after);
     }
 }
 
@@ -94,7 +87,8 @@ static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, FN(recurrent_w
  *   backward: dgates W_hh[:, j0:j1] over the r, z (, n) blocks, and with reset_after=0 a
  *             second one, da_n W_hn[:, j0:j1].
  * Packed: per slice, see pack_forward_panels and pack_backward_panels. Unpacked: the forward
- * reads pack_recurrent_weights's rows, the backward W_hh's columns as they lie.
+ * reads pack_recurrent_weights's rows, the backward W_hh's columns as they lie. bfloat16 strips
+ * keep each gate apart: the forward multiplies by one gate at a time (gate_operand).
  */
 static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
                                                  const REAL *w_packed, const size_t *packed_at,
@@ -109,10 +103,13 @@ static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
         return (FN(cgru_operand)){second ? own + first_size : own, 0, 1, 0};
     }
     if (backward) return (FN(cgru_operand)){w_hh + (second ? 2L * H * H : 0) + j0, H, 0, 0};
-    const long rows_at = 3L * j0 * H + (second ? 2L * hs * H : 0);  /* pack_recurrent_rows */
-    if (kernel == CGRU_PRODUCT_ROWS_BF16)
-        return (FN(cgru_operand)){0, H, 1, (const uint16_t *)w_packed + rows_at};
-    return (FN(cgru_operand)){w_packed + rows_at, H, 1, 0};
+    return (FN(cgru_operand)){w_packed + 3L * j0 * H + (second ? 2L * hs * H : 0), H, 1, 0};
+}
+
+/* The forward's operand of gate g's rows [j0, j1) in bfloat16 strips */
+static inline FN(cgru_operand) FN(gate_operand)(const uint16_t *w16, int H, int g, int j0)
+{
+    return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w16, H, g, j0)};
 }
 
 /* cgru_layer_forward_f32/_f64, and cgru_layer_forward_bf16 with W in bfloat16 (see cgru.h) */
@@ -154,12 +151,9 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
     const int panels = kernel == CGRU_PRODUCT_PANELS;
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
-    if (!panels) {
-        const int rows16 = kernel == CGRU_PRODUCT_ROWS_BF16;
-        FN(pack_recurrent_rows)(rows16 ? 0 : w_packed, rows16 ? (uint16_t *)w_packed : 0, W, H,
-                                n_slices, cgru_plan_threads(plan, n_slices));
-    }
-    const REAL *w_hh = W.w;  /* NULL for bfloat16: only the packed copies are read */
+    const REAL *w_hh = W.w;  /* NULL for bfloat16 strips, which need no packing */
+    if (!panels && w_hh)
+        FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
 
@@ -180,7 +174,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels) FN(pack_own_slices)(w_packed, packed_at, W, H, n_slices, reset_after, 0, me, team);
+        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 0, me, team);
         cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
         for (int s = 0; s < T; s++) {
             const int t = cfg->reverse ? T - 1 - s : s;
@@ -192,11 +186,16 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
             for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                 const int hs = j1 - j0;
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
-                const int n_now = reset_after ? 3 * hs : 2 * hs;  /* r, z (and n) columns now */
-                FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
-                                 FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
-                                                   own_slice_index, j0, j1, reset_after, 0, 0),
-                                 B, n_now, H, 0);
+                const int gates_now = reset_after ? 3 : 2;        /* r, z (and n) now */
+                if (W.w16)
+                    for (int g = 0; g < gates_now; g++)
+                        FN(cgru_product)(kernel, gh_own + g * hs, 3 * hs, h_prev, H,
+                                         FN(gate_operand)(W.w16, H, g, j0), B, hs, H, 0);
+                else
+                    FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
+                                     FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
+                                                       own_slice_index, j0, j1, reset_after, 0, 0),
+                                     B, gates_now * hs, H, 0);
                 if (reset_after)
                     FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
@@ -210,8 +209,10 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
-                                                       own_slice_index, j0, j1, reset_after, 0, 1),
+                                     W.w16 ? FN(gate_operand)(W.w16, H, 2, j0)
+                                           : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
+                                                               H, own_slice_index, j0, j1,
+                                                               reset_after, 0, 1),
                                      B, hs, H, 0);
                     FN(gates_forward_n)(h_new, y_t, ldy, gx, bias, gh_own, h_prev, lengths, t, training,
                                         B, H, j0, j1);
@@ -292,9 +293,7 @@ cgru_status FN(cgru_layer_backward)(REAL *dx, int accumulate_dx, REAL *dh0, REAL
 #else
         const int me = 0, team = 1;
 #endif
-        if (panels)
-            FN(pack_own_slices)(w_packed, packed_at, (FN(recurrent_weights)){w_hh, 0}, H, n_slices,
-                                reset_after, 1, me, team);
+        if (panels) FN(pack_own_slices)(w_packed, packed_at, w_hh, H, n_slices, reset_after, 1, me, team);
         cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
         int on = 1;                                 /* 0 once the team goes on without this thread */
         REAL *dh_next = dh_a, *dh_prev = dh_b;  /* (B, H) each, swapped every step */

@@ -15,21 +15,22 @@ static inline void FN(panels_clear_tail)(REAL *packed, int K, int N)
 }
 
 /*
- * Columns [col0, col0 + ncols) of a packed (K, N) operand from src, or from src16 in bfloat16
- * (widened; src is then NULL):
+ * Columns [col0, col0 + ncols) of a packed (K, N) operand from src:
  *   transposed = 1: column c is row c of src (ncols, K), rows ld apart (a weight matrix whose
  *                   rows are output units, as W_hh for h W_hh^T);
  *   transposed = 0: column c is column c of src (K, ncols), rows ld apart.
  */
-static inline void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *src,
-                                   const uint16_t *src16, int ld, int ncols, int transposed)
+static inline void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *src, int ld,
+                                   int ncols, int transposed)
 {
     for (int c = 0; c < ncols; c++) {
         int col = col0 + c;
         REAL *dst = packed + (size_t)K * (col / PANEL) * PANEL + col % PANEL;  /* stride PANEL */
-        for (int k = 0; k < K; k++) {
-            long at = transposed ? (long)c * ld + k : (long)k * ld + c;
-            dst[(size_t)k * PANEL] = src16 ? (REAL)cgru_bf16_to_f32(src16[at]) : src[at];
+        if (transposed) {
+            const REAL *row = src + (long)c * ld;
+            for (int k = 0; k < K; k++) dst[(size_t)k * PANEL] = row[k];
+        } else {
+            for (int k = 0; k < K; k++) dst[(size_t)k * PANEL] = src[(long)k * ld + c];
         }
     }
 }

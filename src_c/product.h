@@ -16,9 +16,18 @@
  *           CGRU_PAIRS_MAX_BATCH rows when W_hh is larger than that, where a BLAS call costs more
  *           than its work.
  *   BLAS    SciPy's BLAS GEMM, for everything else.
- *   ROWS_BF16  as ROWS, on W_hh stored in bfloat16 (a quantized GRU, inference only): half the
- *           bytes of float32 to stream per step, widened exactly in registers, float32 sums.
- *           Up to CGRU_BF16_MAX_BATCH rows where the call can pack; always in step().
+ *   STRIPS_BF16  W_hh stored in bfloat16 strips (a quantized GRU, inference only; see below):
+ *           half the bytes of float32 per step, and with AVX512_BF16 half the instructions. The
+ *           only kernel for bfloat16 weights, at every batch size, so that a row's result never
+ *           depends on the batch it came in.
+ *
+ * bfloat16 strips: the layout a quantized GRU keeps W_hh in (cgru.GRU.quantize makes it), read
+ * by both the sequence loop and step() without packing. Each gate's (H, H) block on its own, as
+ * S = ceil(H/16) strips of 16 output units, each strip P = ceil(H/2) pairs of k, each pair the
+ * 16 units' weights for k = 2p and 2p + 1 side by side (64 bytes, one vector):
+ *   w16[((g S + s) P + p) 32 + 2 i + e] = W_hh[g H + 16 s + i][2 p + e]   (0 past H)
+ * so one vector load gives 16 output units for two k, which is what vdpbf16ps multiplies by a
+ * broadcast pair of the state.
  * A product on W's own columns (the backward's dgates W_hh, (K, N) as it lies) has no hand-written
  * unpacked kernel: it goes to BLAS unless packed.
  *
@@ -37,7 +46,7 @@
 typedef enum {
     CGRU_PRODUCT_PANELS,
     CGRU_PRODUCT_ROWS,
-    CGRU_PRODUCT_ROWS_BF16,
+    CGRU_PRODUCT_STRIPS_BF16,
     CGRU_PRODUCT_PAIRS,
     CGRU_PRODUCT_BLAS,
 } cgru_product_kernel;
@@ -45,7 +54,6 @@ typedef enum {
 #define CGRU_ROWS_MAX_BATCH 4
 #define CGRU_CACHED_BYTES (512 * 1024)
 #define CGRU_PAIRS_MAX_BATCH 8
-#define CGRU_BF16_MAX_BATCH 4
 
 /* The process-wide override of the choice below that tests and comparisons set through
  * cgru_set_panels_mode: -1 follows the CPU, 0 never packs, 1 always packs where the call can. */
@@ -62,7 +70,19 @@ static inline int cgru_panels_preferred(void)
 #endif
 }
 
-/* The same for bfloat16 weights (ROWS_BF16): -1 follows the CPU, 0 always widens them in
+/* Elements of a (3H, H) W_hh in bfloat16 strips, and the strips of gate g from unit j0 on (a
+ * multiple of 16, as thread slices are). */
+static inline size_t cgru_bf16_strips_size(int H)
+{
+    return (size_t)3 * ((H + 15) / 16) * ((H + 1) / 2) * 32;
+}
+
+static inline const uint16_t *cgru_bf16_gate_strips(const uint16_t *w16, int H, int g, int j0)
+{
+    return w16 + ((size_t)g * ((H + 15) / 16) + j0 / 16) * ((H + 1) / 2) * 32;
+}
+
+/* The same for bfloat16 weights (STRIPS_BF16): -1 follows the CPU, 0 always widens them in
  * registers, 1 takes AVX512_BF16's dot product where the CPU has it. */
 extern int cgru_bf16_dot_mode;
 
@@ -77,13 +97,11 @@ static inline int cgru_bf16_dot_preferred(void)
 
 /* The kernel for every per-step product of a call with B batch rows and H hidden units of
  * elem_size bytes; can_pack: the call packs its weights once before the loop (the sequence loop
- * does, step() does not); bf16: W_hh is in bfloat16. A batch larger than
- * CGRU_BF16_MAX_BATCH reads bfloat16 weights widened once into float32 (a call that packs
- * widens them as it packs), where they cost no more per row than float32. */
+ * does, step() does not); bf16: W_hh is in bfloat16 strips. */
 static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_size, int can_pack,
                                                       int bf16)
 {
-    if (bf16 && (B <= CGRU_BF16_MAX_BATCH || !can_pack)) return CGRU_PRODUCT_ROWS_BF16;
+    if (bf16) return CGRU_PRODUCT_STRIPS_BF16;
     if (can_pack && cgru_panels_preferred()) return CGRU_PRODUCT_PANELS;
     const int cached = 3.0 * H * H * elem_size <= CGRU_CACHED_BYTES;  /* W_hh */
     if (B == 1 || (B <= CGRU_ROWS_MAX_BATCH && cached)) return CGRU_PRODUCT_ROWS;

@@ -188,23 +188,22 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
 
 #if !CGRU_DOUBLE
 /*
- * out (N) = w (N, K) v (K) with w in bfloat16: one batch row of the ROWS_BF16 kernel. v is
- * rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so that every CPU computes the
- * same products: each product of two bfloat16 values is exact in float32, and the sums are
- * float32. Two kernels, one per CPU:
+ * C (M, N), rows ldc apart, = A (M, K) W^T with W in bfloat16 strips (product.h: strip s holds
+ * output columns [16s, 16s + 16) as K/2 pairs of k, 64 bytes each; the strips of C's columns
+ * follow each other). A is rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so
+ * every CPU computes the same products: each product of two bfloat16 values is exact in float32,
+ * and the sums are float32, the odd k of each pair added before the even one, as vdpbf16ps adds
+ * them.
  *
- * rows_dot_bf16_widened, any CPU: a bfloat16 is the upper half of a float32, so one 64-byte
- * load of a row, read as 16 pairs (w[k+2i], w[k+2i+1]) in 32-bit lanes, widens exactly with one
- * shift and one mask,
- *   pair << 16          = w[k+2i]   as float32      pair & 0xffff0000 = w[k+2i+1] as float32,
- * which multiply v's even and odd elements, split once per 32 k for eight rows. Then as
- * rows_dot: eight rows per pass, sum_each per block of 16 rows, leftovers one by one.
- *
- * rows_dot_bf16_dot, CPUs with AVX512_BF16: the same loop with one vdpbf16ps per 32 weights of a
- * row (16 pair products added to 16 float32 sums), where the widened kernel needs a shift, a mask
- * and two multiply-adds.
+ * A tile of up to STRIP_TILE_ROWS rows of A by STRIP_GROUP strips keeps its 24 sums in vector
+ * registers; per pair of k it loads one vector of each strip and broadcasts each row's pair: no
+ * horizontal sum anywhere. Two kernels:
+ *   strips_bf16_dot       CPUs with AVX512_BF16: one vdpbf16ps per strip, row and pair of k;
+ *   strips_bf16_widened   any CPU: a bfloat16 is the upper half of a float32, so a strip's 16
+ *                         pairs widen exactly with one mask (odd k) and one shift (even k),
+ *                         then two multiply-adds.
+ * A's rows go through a buffer of bfloat16 pairs (as 32-bit words) in chunks of STRIP_CHUNK k.
  */
-
 /* v (16 float32 lanes) rounded to bfloat16 (cgru_f32_to_bf16), as float32 */
 static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgru_vec_f32 v)
 {
@@ -216,130 +215,183 @@ static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgr
     return (cgru_vec_f32)((rounded & ~is_nan) | (quiet_nan & is_nan));
 }
 
-static inline float cgru_bf16_product(uint16_t w, float v)
+#define STRIP_TILE_ROWS 2
+#define STRIP_GROUP 8
+#define STRIP_CHUNK_PAIRS 2048
+
+/* pairs (rows, n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
+ * bfloat16, each word the pair (2p, 2p+1) with 2p in its low half (a missing k is 0) */
+static inline void strips_pairs_of(uint32_t *pairs, int words, const float *A, int lda, int rows,
+                                   int p0, int n_pairs, int K)
 {
-    return cgru_bf16_to_f32(w) * cgru_bf16_to_f32(cgru_f32_to_bf16(v));
+    for (int i = 0; i < rows; i++) {
+        const float *a = A + (long)i * lda;
+        uint32_t *out = pairs + (long)i * words;
+        int p = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+        static const cgru_lanes_f32 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+        static const cgru_lanes_f32 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+        for (; p + 16 <= n_pairs && 2 * (p0 + p) + 32 <= K; p += 16) {
+            const float *v = a + 2L * (p0 + p);
+            const cgru_vec_f32 v0 = cgru_round_to_bf16(*(const cgru_vec_f32 *)v);
+            const cgru_vec_f32 v1 = cgru_round_to_bf16(*(const cgru_vec_f32 *)(v + 16));
+            const cgru_pairs_bf16 e = (cgru_pairs_bf16)__builtin_shuffle(v0, v1, even);
+            const cgru_pairs_bf16 o = (cgru_pairs_bf16)__builtin_shuffle(v0, v1, odd);
+            *(cgru_pairs_bf16 *)(out + p) = (e >> 16) | (o & 0xffff0000u);
+        }
+#endif
+        for (; p < n_pairs; p++) {
+            const int k = 2 * (p0 + p);
+            const uint32_t low = cgru_f32_to_bf16(a[k]);
+            const uint32_t high = k + 1 < K ? cgru_f32_to_bf16(a[k + 1]) : 0;
+            out[p] = low | high << 16;
+        }
+    }
 }
 
-CGRU_KERNEL void rows_dot_bf16_widened(float *out, const uint16_t *w, const float *v, int N, int K)
+/* C[m0 + i, 16 (s0 + g) + j] = (or +=) sums[i][g][j], for the columns below N */
+static inline __attribute__((always_inline)) void strips_store(
+    float *C, int ldc, int rows, int s0, int group, int N, int accumulate,
+    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
 {
-    typedef cgru_vec_f32 vec;
-    typedef cgru_pairs_bf16 pairs;
-    enum { VL = 16 };
-    static const cgru_lanes_f32 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    static const cgru_lanes_f32 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-    const int K_vec = K / (2 * VL) * (2 * VL);
-    int n = 0;
-    for (; n + VL <= N; n += VL) {
-        const uint16_t *block = w + (long)n * K;  /* (VL, K), contiguous */
-        vec acc[VL];
-        for (int i = 0; i < VL; i += 8) {
-            const uint16_t *r = block + (long)i * K;
-            vec a0 = (vec){0}, a1 = (vec){0}, a2 = (vec){0}, a3 = (vec){0};
-            vec a4 = (vec){0}, a5 = (vec){0}, a6 = (vec){0}, a7 = (vec){0};
-            for (int k = 0; k < K_vec; k += 2 * VL) {
-                const vec v0 = cgru_round_to_bf16(*(const vec *)(v + k));
-                const vec v1 = cgru_round_to_bf16(*(const vec *)(v + k + VL));
-#if defined(__clang__) || !defined(__GNUC__)
-                vec ve, vo;
-                for (int j = 0; j < VL; j++) {
-                    ve[j] = j < VL / 2 ? v0[2 * j] : v1[2 * j - VL];
-                    vo[j] = j < VL / 2 ? v0[2 * j + 1] : v1[2 * j + 1 - VL];
-                }
-                (void)even, (void)odd;
-#else
-                const vec ve = __builtin_shuffle(v0, v1, even), vo = __builtin_shuffle(v0, v1, odd);
-#endif
-                /* the odd element first, then the even one, as vdpbf16ps adds them */
-#define CGRU_BF16_ROW(a, row)                                                                  \
-    do {                                                                                       \
-        const pairs p = *(const pairs *)(r + (long)(row) * K + k);                             \
-        a += (vec)(p & 0xffff0000u) * vo;                                                      \
-        a += (vec)(p << 16) * ve;                                                              \
-    } while (0)
-                CGRU_BF16_ROW(a0, 0); CGRU_BF16_ROW(a1, 1); CGRU_BF16_ROW(a2, 2);
-                CGRU_BF16_ROW(a3, 3); CGRU_BF16_ROW(a4, 4); CGRU_BF16_ROW(a5, 5);
-                CGRU_BF16_ROW(a6, 6); CGRU_BF16_ROW(a7, 7);
-#undef CGRU_BF16_ROW
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) {
+            float *c = C + (long)i * ldc + 16 * (s0 + g);
+            const int cols = N - 16 * (s0 + g);
+            if (cols >= 16) {
+                if (accumulate) *(cgru_vec_f32 *)c += sums[i][g];
+                else *(cgru_vec_f32 *)c = sums[i][g];
+            } else {
+                for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + sums[i][g][j] : sums[i][g][j];
             }
-            acc[i] = a0, acc[i + 1] = a1, acc[i + 2] = a2, acc[i + 3] = a3;
-            acc[i + 4] = a4, acc[i + 5] = a5, acc[i + 6] = a6, acc[i + 7] = a7;
         }
-        vec sums = sum_each_f32(acc);
-        for (int i = 0; i < VL && K_vec < K; i++)
-            for (int k = K_vec; k < K; k++) sums[i] += cgru_bf16_product(block[(long)i * K + k], v[k]);
-        *(vec *)(out + n) = sums;
+}
+
+#define STRIP_CASE(TILE, rows, group)                                                          \
+    case rows * 16 + group:                                                                    \
+        TILE(rows, group, strip, strip_elems, pairs, chunk, sums);                             \
+        break;
+#define STRIP_CASES(TILE, rows)                                                                \
+    STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
+    STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)               \
+    STRIP_CASE(TILE, rows, 7) STRIP_CASE(TILE, rows, 8)
+
+/*
+ * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
+ * groups of strips; TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's sums.
+ */
+#define STRIPS_LOOPS(TILE)                                                                      \
+    const int n_strips = (N + 15) / 16, n_pairs = (K + 1) / 2;                                 \
+    const long strip_elems = (long)n_pairs * 32;                                               \
+    uint32_t pairs[STRIP_TILE_ROWS * STRIP_CHUNK_PAIRS];                                       \
+    for (int m = 0; m < M; m += STRIP_TILE_ROWS) {                                             \
+        const int rows = M - m < STRIP_TILE_ROWS ? M - m : STRIP_TILE_ROWS;                    \
+        for (int p0 = 0; p0 < n_pairs; p0 += STRIP_CHUNK_PAIRS) {                              \
+            const int chunk = n_pairs - p0 < STRIP_CHUNK_PAIRS ? n_pairs - p0 : STRIP_CHUNK_PAIRS; \
+            strips_pairs_of(pairs, STRIP_CHUNK_PAIRS, A + (long)m * lda, lda, rows, p0, chunk, K); \
+            for (int s = 0; s < n_strips; s += STRIP_GROUP) {                                  \
+                const int group = n_strips - s < STRIP_GROUP ? n_strips - s : STRIP_GROUP;     \
+                cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP];                               \
+                const uint16_t *strip = strip0 + (long)s * strip_elems + (long)p0 * 32;        \
+                /* rows and group as constants, so that the sums stay in registers */          \
+                switch (rows * 16 + group) {                                                   \
+                STRIP_CASES(TILE, 1) STRIP_CASES(TILE, 2)                                       \
+                }                                                                              \
+                strips_store(C + (long)m * ldc, ldc, rows, s, group, N, p0 > 0, sums);         \
+            }                                                                                  \
+        }                                                                                      \
     }
-    for (; n < N; n++) {
-        const uint16_t *row = w + (long)n * K;
-        float total = 0;
-        for (int k = 0; k < K; k++) total += cgru_bf16_product(row[k], v[k]);
-        out[n] = total;
+
+/* sums over `chunk` pairs of one tile, widened: per pair and strip, a mask and a shift of the
+ * strip's vector give its odd-k and even-k weights as float32 */
+static inline __attribute__((always_inline)) void strips_tile_widened(
+    int rows, int group, const uint16_t *strip, long strip_elems, const uint32_t *pairs,
+    int chunk, cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
+{
+    cgru_vec_f32 acc[STRIP_TILE_ROWS][STRIP_GROUP];
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) acc[i][g] = (cgru_vec_f32){0};
+    for (int p = 0; p < chunk; p++) {
+        float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
+        for (int i = 0; i < rows; i++) {
+            union { uint32_t u; float f; } hi = {pairs[i * STRIP_CHUNK_PAIRS + p] & 0xffff0000u},
+                                           lo = {pairs[i * STRIP_CHUNK_PAIRS + p] << 16};
+            odd[i] = hi.f, even[i] = lo.f;
+        }
+        for (int g = 0; g < group; g++) {
+            const cgru_pairs_bf16 w = *(const cgru_pairs_bf16 *)(strip + g * strip_elems + 32L * p);
+            const cgru_vec_f32 w_odd = (cgru_vec_f32)(w & 0xffff0000u);
+            const cgru_vec_f32 w_even = (cgru_vec_f32)(w << 16);
+            for (int i = 0; i < rows; i++) {
+                acc[i][g] += w_odd * odd[i];  /* the odd k first, as vdpbf16ps adds them */
+                acc[i][g] += w_even * even[i];
+            }
+        }
     }
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) sums[i][g] = acc[i][g];
+}
+
+CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
+                                     const uint16_t *strip0, int M, int N, int K)
+{
+    STRIPS_LOOPS(strips_tile_widened)
 }
 
 #ifdef CGRU_HAVE_BF16_DOT
 #include <immintrin.h>
 
-__attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl")))
-static void rows_dot_bf16_dot(float *out, const uint16_t *w, const float *v, int N, int K)
+#define CGRU_BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl")))
+
+/* the same sums with one vdpbf16ps per pair, strip and row */
+static inline __attribute__((always_inline)) CGRU_BF16_TARGET void strips_tile_dot(
+    int rows, int group, const uint16_t *strip, long strip_elems, const uint32_t *pairs,
+    int chunk, cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
 {
-    typedef cgru_vec_f32 vec;
-    enum { VL = 16 };
-    const int K_vec = K / (2 * VL) * (2 * VL);
-    int n = 0;
-    for (; n + VL <= N; n += VL) {
-        const uint16_t *block = w + (long)n * K;  /* (VL, K), contiguous */
-        vec acc[VL];
-        for (int i = 0; i < VL; i += 8) {
-            const uint16_t *r = block + (long)i * K;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
-                   a6 = a0, a7 = a0;
-            for (int k = 0; k < K_vec; k += 2 * VL) {
-                /* v[k .. k+32) as bfloat16, in order: the low half from the first 16 */
-                const __m512bh vb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(v + k + VL),
-                                                        _mm512_loadu_ps(v + k));
-#define CGRU_BF16_ROW(a, row) \
-    a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(r + (long)(row) * K + k), vb)
-                CGRU_BF16_ROW(a0, 0); CGRU_BF16_ROW(a1, 1); CGRU_BF16_ROW(a2, 2);
-                CGRU_BF16_ROW(a3, 3); CGRU_BF16_ROW(a4, 4); CGRU_BF16_ROW(a5, 5);
-                CGRU_BF16_ROW(a6, 6); CGRU_BF16_ROW(a7, 7);
-#undef CGRU_BF16_ROW
-            }
-            acc[i] = (vec)a0, acc[i + 1] = (vec)a1, acc[i + 2] = (vec)a2, acc[i + 3] = (vec)a3;
-            acc[i + 4] = (vec)a4, acc[i + 5] = (vec)a5, acc[i + 6] = (vec)a6, acc[i + 7] = (vec)a7;
+    __m512 acc[STRIP_TILE_ROWS][STRIP_GROUP];
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) acc[i][g] = _mm512_setzero_ps();
+    for (int p = 0; p < chunk; p++) {
+        __m512bh a[STRIP_TILE_ROWS];
+        for (int i = 0; i < rows; i++)
+            a[i] = (__m512bh)_mm512_set1_epi32((int)pairs[i * STRIP_CHUNK_PAIRS + p]);
+        for (int g = 0; g < group; g++) {
+            const __m512bh w = (__m512bh)_mm512_loadu_si512(strip + g * strip_elems + 32L * p);
+            for (int i = 0; i < rows; i++) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], w, a[i]);
         }
-        vec sums = sum_each_f32(acc);
-        for (int i = 0; i < VL && K_vec < K; i++)
-            for (int k = K_vec; k < K; k++) sums[i] += cgru_bf16_product(block[(long)i * K + k], v[k]);
-        *(vec *)(out + n) = sums;
     }
-    for (; n < N; n++) {
-        const uint16_t *row = w + (long)n * K;
-        float total = 0;
-        for (int k = 0; k < K; k++) total += cgru_bf16_product(row[k], v[k]);
-        out[n] = total;
-    }
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) sums[i][g] = (cgru_vec_f32)acc[i][g];
+}
+
+CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, int lda,
+                                             const uint16_t *strip0, int M, int N, int K)
+{
+    STRIPS_LOOPS(strips_tile_dot)
 }
 #endif
+#undef STRIPS_LOOPS
+#undef STRIP_CASES
+#undef STRIP_CASE
 
-static inline void rows_dot_bf16(float *out, const uint16_t *w, const float *v, int N, int K)
+static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const uint16_t *strip0,
+                               int M, int N, int K)
 {
 #ifdef CGRU_HAVE_BF16_DOT
     if (cgru_bf16_dot_preferred()) {
-        rows_dot_bf16_dot(out, w, v, N, K);
+        strips_bf16_dot(C, ldc, A, lda, strip0, M, N, K);
         return;
     }
 #endif
-    rows_dot_bf16_widened(out, w, v, N, K);
+    strips_bf16_widened(C, ldc, A, lda, strip0, M, N, K);
 }
 #endif
 
 /*
  * The weights of one per-step product C (M, N) = A (M, K) op(W):
  *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused);
- *   ROWS_BF16:   w16 is W (N, K) in bfloat16 as it lies, rows K apart, op(W) = W^T (float32
- *                products only; w unused);
+ *   STRIPS_BF16: w16 is the first of the bfloat16 strips of W's rows (N, K), op(W) = W^T
+ *                (product.h; float32 products only; w and ld unused);
  *   other kernels: w is W as it lies, rows ld apart: (N, K) with op(W) = W^T when transposed
  *                (rows are output units, as W_hh in h W_hh^T), else (K, N) with op(W) = W.
  */
@@ -357,8 +409,8 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
     if (kernel == CGRU_PRODUCT_PANELS) {
         FN(panels_matmul)(C, ldc, A, lda, W.w, M, N, K, accumulate);
 #if !CGRU_DOUBLE
-    } else if (kernel == CGRU_PRODUCT_ROWS_BF16) {  /* never accumulates: forward products only */
-        for (int b = 0; b < M; b++) rows_dot_bf16(C + (long)b * ldc, W.w16, A + (long)b * lda, N, K);
+    } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
+        strips_bf16(C, ldc, A, lda, W.w16, M, N, K);
 #endif
     } else if (kernel == CGRU_PRODUCT_BLAS || !W.transposed || accumulate || W.ld != K) {
         FN(cgru_gemm)(0, W.transposed, M, N, K, 1, A, lda, W.w, W.ld, accumulate ? 1 : 0, C, ldc);
