@@ -33,10 +33,10 @@ def from_torch(module: torch.nn.GRU) -> GRU:
 def to_torch(gru: GRU) -> torch.nn.GRU:
     """A `torch.nn.GRU` with the options and weights of a cgru.GRU (reset_after=True only:
     PyTorch has no reset-before GRU)."""
-    torch = require("torch", "torch==2.13.0")
     if not isinstance(gru, GRU):
         raise TypeError(f"to_torch converts a cgru.GRU, got {type(gru).__name__}")
     refuse_quantized(gru, "to_torch", "PyTorch")
+    torch = require("torch", "torch==2.13.0")
     if not gru.reset_after:
         raise ValueError("to_torch: PyTorch's GRU computes reset_after=True only; this cgru.GRU "
                          "has reset_after=False")
