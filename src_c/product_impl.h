@@ -195,14 +195,16 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
  * and the sums are float32, the odd k of each pair added before the even one, as vdpbf16ps adds
  * them.
  *
- * A tile of up to STRIP_TILE_ROWS rows of A by STRIP_GROUP strips keeps its 24 sums in vector
- * registers; per pair of k it loads one vector of each strip and broadcasts each row's pair: no
+ * A tile of rows of A by a group of strips keeps its sums in vector registers: one or two rows
+ * by up to 8 strips (enough independent sums to hide the latency of one row), three or four rows
+ * by up to 6 (24 sums, and each vector of weights loaded serves four rows); per pair of k it loads one vector of each strip and broadcasts each row's pair: no
  * horizontal sum anywhere. Two kernels:
  *   strips_bf16_dot       CPUs with AVX512_BF16: one vdpbf16ps per strip, row and pair of k;
  *   strips_bf16_widened   any CPU: a bfloat16 is the upper half of a float32, so a strip's 16
  *                         pairs widen exactly with one mask (odd k) and one shift (even k),
  *                         then two multiply-adds.
- * A's rows go through a buffer of bfloat16 pairs (as 32-bit words) in chunks of STRIP_CHUNK k.
+ * A's rows go through a buffer of bfloat16 pairs (as 32-bit words), STRIP_CHUNK_PAIRS pairs of
+ * k at a time; the sums of later chunks add to C.
  */
 /* v (16 float32 lanes) rounded to bfloat16 (cgru_f32_to_bf16), as float32 */
 static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgru_vec_f32 v)
@@ -215,9 +217,10 @@ static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgr
     return (cgru_vec_f32)((rounded & ~is_nan) | (quiet_nan & is_nan));
 }
 
-#define STRIP_TILE_ROWS 2
-#define STRIP_GROUP 8
-#define STRIP_CHUNK_PAIRS 2048
+#define STRIP_TILE_ROWS 4
+#define STRIP_GROUP 8       /* strips per tile of one or two rows */
+#define STRIP_GROUP_WIDE 6  /* strips per tile of three or four rows */
+#define STRIP_CHUNK_PAIRS 256
 
 /* pairs (rows, n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
  * bfloat16, each word the pair (2p, 2p+1) with 2p in its low half (a missing k is 0) */
@@ -275,6 +278,9 @@ static inline __attribute__((always_inline)) void strips_store(
     STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
     STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)               \
     STRIP_CASE(TILE, rows, 7) STRIP_CASE(TILE, rows, 8)
+#define STRIP_CASES_WIDE(TILE, rows)                                                           \
+    STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
+    STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)
 
 /*
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
@@ -289,13 +295,15 @@ static inline __attribute__((always_inline)) void strips_store(
         for (int p0 = 0; p0 < n_pairs; p0 += STRIP_CHUNK_PAIRS) {                              \
             const int chunk = n_pairs - p0 < STRIP_CHUNK_PAIRS ? n_pairs - p0 : STRIP_CHUNK_PAIRS; \
             strips_pairs_of(pairs, STRIP_CHUNK_PAIRS, A + (long)m * lda, lda, rows, p0, chunk, K); \
-            for (int s = 0; s < n_strips; s += STRIP_GROUP) {                                  \
-                const int group = n_strips - s < STRIP_GROUP ? n_strips - s : STRIP_GROUP;     \
+            const int most = rows <= 2 ? STRIP_GROUP : STRIP_GROUP_WIDE;                       \
+            for (int s = 0; s < n_strips; s += most) {                                         \
+                const int group = n_strips - s < most ? n_strips - s : most;                   \
                 cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP];                               \
                 const uint16_t *strip = strip0 + (long)s * strip_elems + (long)p0 * 32;        \
                 /* rows and group as constants, so that the sums stay in registers */          \
                 switch (rows * 16 + group) {                                                   \
                 STRIP_CASES(TILE, 1) STRIP_CASES(TILE, 2)                                       \
+                STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)                             \
                 }                                                                              \
                 strips_store(C + (long)m * ldc, ldc, rows, s, group, N, p0 > 0, sums);         \
             }                                                                                  \
@@ -372,6 +380,7 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
 #endif
 #undef STRIPS_LOOPS
 #undef STRIP_CASES
+#undef STRIP_CASES_WIDE
 #undef STRIP_CASE
 
 static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const uint16_t *strip0,

@@ -189,6 +189,22 @@ def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(reset_after, nu
     check_layer_step_by_step(y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_a_hidden_size_beyond_one_chunk_of_the_state_sums_its_chunks(reset_after):
+    """H = 601: the kernels round the state 256 pairs of k at a time (512 k), so a product over
+    601 k adds a second chunk's sums to the first's, with half a pair left at the end."""
+    cgru.set_num_threads(2)
+    rng = np.random.default_rng(601)
+    T, B, I, H = 3, 5, 4, 601
+    gru = cgru.GRU(I, H, reset_after=reset_after, seed=6)
+    before = gru.state_dict()
+    gru.quantize("bfloat16")
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (1, B, H)).astype(np.float32)
+    y, h_n = gru(x, h0)
+    check_layer_step_by_step(x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("H", [20, 149])
 @pytest.mark.parametrize("B", [1, 3, 9])
