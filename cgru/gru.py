@@ -168,9 +168,8 @@ class GRU:
         self.batch_first = batch_first
         self._set_dropout(dropout, stacklevel=3)
         self.training = True
-        # quantize(): the mode, and W_hh of every layer and direction in bfloat16 by name, with
-        # the read-only float32 array (its exact value) that params holds for each
-        self._quantized = None
+        # quantize(): W_hh of every layer and direction in bfloat16 strips by name, with the
+        # read-only float32 array (its exact value) that params holds for each
         self._bfloat16: dict[str, npt.NDArray[np.uint16]] | None = None
         self._bfloat16_of: dict[str, FloatArray] = {}
         self._rng = np.random.default_rng(seed)
@@ -287,7 +286,6 @@ class GRU:
         return state
 
     def __setstate__(self, state):
-        state.setdefault("_quantized", None)  # pickled before quantize() existed
         state.setdefault("_bfloat16", None)
         state.setdefault("_bfloat16_of", {})
         self.__dict__.update(state)
@@ -369,7 +367,7 @@ class GRU:
 
     def train(self, mode: bool = True) -> Self:
         """Training mode: forwards keep what backward needs, and dropout applies."""
-        if mode and self._quantized is not None:
+        if mode and self._bfloat16 is not None:
             raise RuntimeError(self._inference_only("train"))
         self.training = bool(mode)
         return self
@@ -379,7 +377,7 @@ class GRU:
     @property
     def quantized(self) -> str | None:
         """None, or the mode quantize() stored the weights in ("bfloat16")."""
-        return self._quantized
+        return None if self._bfloat16 is None else "bfloat16"
 
     def quantize(self, mode: str) -> Self:
         """Store the recurrent weights in reduced precision for faster inference, in place (as
@@ -400,15 +398,14 @@ class GRU:
         if mode not in QUANTIZATION_MODES:
             raise ValueError(f"quantize: mode must be one of {list(QUANTIZATION_MODES)}, got "
                              f"{mode!r}")
-        if self._quantized is not None:
-            raise ValueError(f"quantize: this GRU is already quantized ({self._quantized!r})")
+        if self._bfloat16 is not None:
+            raise ValueError(f"quantize: this GRU is already quantized ({self.quantized!r})")
         if self.dtype != np.float32:
             raise TypeError(f"quantize: mode {mode!r} takes a float32 GRU, got one of dtype "
                             f"{self.dtype}")
         self._checked_params()
         self.training = False
         self._context = None
-        self._quantized = mode
         self._bfloat16 = {}
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
@@ -437,7 +434,7 @@ class GRU:
                 self._round_to_bfloat16(name)
 
     def _inference_only(self, what):
-        return (f"{what}: this GRU is quantized to {self._quantized} and runs inference only "
+        return (f"{what}: this GRU is quantized to {self.quantized} and runs inference only "
                 f"(forward in eval mode, step); quantize a copy to keep a trainable one")
 
     def eval(self) -> Self:
@@ -613,7 +610,7 @@ class GRU:
         lengths = self._lengths(lengths, T, B)
         params = self._checked_params()
         if self.training:
-            if self._quantized is not None:  # training was set directly, not through train()
+            if self._bfloat16 is not None:  # training was set directly, not through train()
                 raise RuntimeError(self._inference_only("a training-mode forward"))
             y, h_n = self._train_forward(x, h0, lengths, params, unbatched)
         else:
@@ -763,7 +760,7 @@ class GRU:
         dy has y's shape, dh_n h_n's (or None). Returns (dx, dh0) and adds the parameter
         gradients into `self.grads` (call `zero_grad()` to clear them). One backward per forward.
         """
-        if self._quantized is not None:
+        if self._bfloat16 is not None:
             raise RuntimeError(self._inference_only("backward"))
         if self._context is None:
             if getattr(self._pending, "spent", False):

@@ -9,13 +9,6 @@ static inline REAL *FN(state_slot)(REAL *states, const cgru_layer_config *c, int
     return states + (long)(t + (c->reverse ? !next : next)) * BH;
 }
 
-/* W_hh as the caller gave it: in the dtype (w), or for the forward of a quantized GRU in
- * bfloat16 strips (w16, w NULL; product.h). */
-typedef struct {
-    const REAL *w;
-    const uint16_t *w16;
-} FN(recurrent_weights);
-
 /* w_packed (3H, H): for each slice [j0, j1) the rows r[j0:j1], z[j0:j1], n[j0:j1] of w_hh
  * (3H, H), from row 3*j0 on, so each thread's product is one call on contiguous rows. The
  * unpacked kernels' layout; the panel path packs per slice inside the time loop's region. */
@@ -112,16 +105,18 @@ static inline FN(cgru_operand) FN(gate_operand)(const uint16_t *w16, int H, int 
     return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w16, H, g, j0)};
 }
 
-/* cgru_layer_forward_f32/_f64, and cgru_layer_forward_bf16 with W in bfloat16 (see cgru.h) */
+/* cgru_layer_forward_f32/_f64 (W_hh in w_hh), and cgru_layer_forward_bf16 (W_hh in bfloat16
+ * strips, w_hh16, with w_hh NULL; see cgru.h) */
 static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
                                      const REAL *x, const REAL *h0, const REAL *w_ih,
-                                     FN(recurrent_weights) W, const REAL *b_ih, const REAL *b_hh,
+                                     const REAL *w_hh, const uint16_t *w_hh16,
+                                     const REAL *b_ih, const REAL *b_hh,
                                      const int64_t *lengths, const cgru_layer_config *cfg)
 {
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     cgru_status st = check_config(cfg);
     if (st != CGRU_OK) return st;
-    if (W.w16 && cfg->training) return CGRU_ERR_INFERENCE_ONLY;
+    if (w_hh16 && cfg->training) return CGRU_ERR_INFERENCE_ONLY;
     saved = (REAL *)aligned_start(saved);
     scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
@@ -147,12 +142,11 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
     /* 2. pack W_hh by slices: here for the unpacked kernels, inside the loop's region (each
      *    thread its own slices) for the panel product */
     const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, W.w16 != 0);
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, w_hh16 != 0);
     const int panels = kernel == CGRU_PRODUCT_PANELS;
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
-    const REAL *w_hh = W.w;  /* NULL for bfloat16 strips, which need no packing */
-    if (!panels && w_hh)
+    if (!panels && w_hh)  /* bfloat16 strips need no packing */
         FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
@@ -187,10 +181,10 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                 const int hs = j1 - j0;
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int gates_now = reset_after ? 3 : 2;        /* r, z (and n) now */
-                if (W.w16)
+                if (w_hh16)
                     for (int g = 0; g < gates_now; g++)
                         FN(cgru_product)(kernel, gh_own + g * hs, 3 * hs, h_prev, H,
-                                         FN(gate_operand)(W.w16, H, g, j0), B, hs, H, 0);
+                                         FN(gate_operand)(w_hh16, H, g, j0), B, hs, H, 0);
                 else
                     FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
                                      FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
@@ -209,7 +203,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     W.w16 ? FN(gate_operand)(W.w16, H, 2, j0)
+                                     w_hh16 ? FN(gate_operand)(w_hh16, H, 2, j0)
                                            : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                                H, own_slice_index, j0, j1,
                                                                reset_after, 0, 1),
@@ -234,7 +228,7 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                                    const int64_t *lengths, const cgru_layer_config *cfg)
 {
     return FN(layer_forward)(y, ldy, h_n, saved, scratch, x, h0, w_ih,
-                             (FN(recurrent_weights)){w_hh, 0}, b_ih, b_hh, lengths, cfg);
+                             w_hh, 0, b_ih, b_hh, lengths, cfg);
 }
 
 #if !CGRU_DOUBLE
@@ -244,7 +238,7 @@ cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved,
                                     const int64_t *lengths, const cgru_layer_config *cfg)
 {
     return layer_forward_f32(y, ldy, h_n, saved, scratch, x, h0, w_ih,
-                             (recurrent_weights_f32){0, w_hh}, b_ih, b_hh, lengths, cfg);
+                             0, w_hh, b_ih, b_hh, lengths, cfg);
 }
 #endif
 

@@ -70,13 +70,7 @@ static inline int cgru_panels_preferred(void)
 #endif
 }
 
-/* Elements of a (3H, H) W_hh in bfloat16 strips, and the strips of gate g from unit j0 on (a
- * multiple of 16, as thread slices are). */
-static inline size_t cgru_bf16_strips_size(int H)
-{
-    return (size_t)3 * ((H + 15) / 16) * ((H + 1) / 2) * 32;
-}
-
+/* The bfloat16 strips of gate g from unit j0 on (a multiple of 16, as thread slices are). */
 static inline const uint16_t *cgru_bf16_gate_strips(const uint16_t *w16, int H, int g, int j0)
 {
     return w16 + ((size_t)g * ((H + 15) / 16) + j0 / 16) * ((H + 1) / 2) * 32;

@@ -30,13 +30,6 @@ typedef double cgru_vec_f64 __attribute__((vector_size(64), aligned(8), __may_al
 /* Integer vectors of the same lane widths, for shuffles */
 typedef int32_t cgru_lanes_f32 __attribute__((vector_size(64)));
 typedef int64_t cgru_lanes_f64 __attribute__((vector_size(64)));
-/* A bfloat16 (the upper 16 bits of a float32) as the float32 it stands for: exact. */
-static inline float cgru_bf16_to_f32(uint16_t w)
-{
-    union { uint32_t i; float f; } u = {(uint32_t)w << 16};
-    return u.f;
-}
-
 /* float32 -> bfloat16, rounded to nearest even as AVX512_BF16's conversions round; a NaN stays
  * a (quiet) NaN. */
 static inline uint16_t cgru_f32_to_bf16(float x)

@@ -29,7 +29,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     cgru_member m = cgru_member_of(me, team);  /* may become a team of one: see barrier.h */
     REAL *h_out = w->h_out;
     const REAL *x_in = w->x_in, *h_prev_all = w->h_prev_all;
-    const REAL *const *w_ih = w->w_ih, *const *w_hh = w->w_hh;
+    const REAL *const *w_ih = w->w_ih;
     const REAL *const *b_ih = w->b_ih, *const *b_hh = w->b_hh;
     REAL *gx = w->gx, *gh = w->gh, *rh = w->rh, *y = w->y, *b_hn = w->b_hn, *bias = w->bias;
     const int L = w->L, B = w->B, I0 = w->I0, H = w->H, G = 3 * H;

@@ -642,7 +642,7 @@ def test_copies_and_pickles_keep_the_quantization(duplicate):
 def test_a_gru_pickled_before_quantize_existed_loads_unquantized():
     gru = cgru.GRU(2, 4, seed=0)
     state = gru.__getstate__()
-    for key in ("_quantized", "_bfloat16", "_bfloat16_of"):
+    for key in ("_bfloat16", "_bfloat16_of"):
         del state[key]
     old = cgru.GRU.__new__(cgru.GRU)
     old.__setstate__(state)
