@@ -67,14 +67,28 @@ def version(pkg):
 
 
 def cpu_name():
+    """The CPU's model name with its family and model numbers, and the cache sizes: a VM may
+    name only the vendor ("AMD EPYC"), and the same name covers generations whose figures differ
+    by 2x (family 25 is Zen 3/4, 26 is Zen 5)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    caches = []
+    for level, label in (("index0", "L1d"), ("index2", "L2"), ("index3", "L3")):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/{level}/size") as f:
+                caches.append(f"{label} {f.read().strip()}")
+        except OSError:
+            pass
+    return name + (f"; caches of cpu0: {', '.join(caches)}" if caches else "")
 
 
 def training_memory_lines():

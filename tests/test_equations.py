@@ -50,12 +50,30 @@ def test_float32_sigmoid_and_tanh_stay_within_1e_6_of_exact():
     assert np.max(np.abs(tanh - np.tanh(exact))) < 1e-6
 
 
-def test_float64_activations_are_libm_exact():
-    import math
-    x = np.linspace(-40, 40, 100_001)
+def _ulps(actual, exact):
+    """|actual - exact| in units of the last place of exact rounded to float64; exact in
+    long double (80-bit on x86-64: 11 more bits than float64)."""
+    spacing = np.spacing(np.abs(exact.astype(np.float64))).astype(np.longdouble)
+    return np.abs((actual.astype(np.longdouble) - exact) / spacing).astype(np.float64)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 63, reason="needs an extended long double")
+def test_float64_sigmoid_and_tanh_stay_within_3_ulp_of_exact():
+    x = np.concatenate([np.linspace(-40, 40, 1_000_001), np.linspace(-1e-3, 1e-3, 100_001),
+                        np.geomspace(1e-300, 1e-3, 10_001), -np.geomspace(1e-300, 1e-3, 10_001),
+                        np.linspace(-700, 700, 14_001)])
     sigmoid, tanh = _engine.activations(x)
-    np.testing.assert_array_equal(tanh, [math.tanh(v) for v in x])
-    np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-x)), rtol=1e-15, atol=0)
+    exact = x.astype(np.longdouble)
+    assert _ulps(sigmoid, 1 / (1 + np.exp(-exact))).max() <= 3
+    assert _ulps(tanh, np.tanh(exact)).max() <= 3
+
+
+def test_float64_activations_keep_signed_zeros_and_reach_their_limits():
+    sigmoid, tanh = _engine.activations(np.array([0.0, -0.0, 1e-300, -1e-300, 40, -40, -800]))
+    np.testing.assert_array_equal(np.signbit(tanh[:4]), [False, True, False, True])
+    np.testing.assert_array_equal(tanh[2:6], [1e-300, -1e-300, 1, -1])
+    np.testing.assert_array_equal(sigmoid[:2], [0.5, 0.5])
+    assert 0 <= sigmoid[-1] < 1e-300  # far below its limits the float64 sigmoid is 0 to 1e-300
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
