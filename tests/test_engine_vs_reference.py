@@ -1,7 +1,10 @@
 """The engine agrees with the NumPy reference on outputs, states and every gradient."""
+import copy
+
 import numpy as np
 import pytest
 
+import cgru
 from conftest import assert_close, run_engine_and_reference
 
 
@@ -65,3 +68,28 @@ def test_finished_sequences_output_zeros_and_keep_their_state():
     y_alone, h_alone = gru(x[:2, 1:2])
     np.testing.assert_allclose(y[:2, 1], y_alone[:, 0], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(h_n[:, 1], h_alone[:, 0], rtol=1e-12, atol=1e-14)
+
+
+def _training_step(gru, x, dy):
+    gru.zero_grad()
+    y, h_n = gru(x)
+    dx, dh0 = gru.backward(dy)
+    return [y, h_n, dx, dh0] + [g.copy() for g in gru.grads.values()]
+
+
+def test_training_steps_reuse_one_workspace_and_give_the_same_results_as_a_fresh_gru():
+    rng = np.random.default_rng(5)
+    reused = cgru.GRU(3, 16, num_layers=2, bidirectional=True, dtype="float64", seed=4)
+    # sequences long, short, then long again: a smaller step runs in the larger spare workspace
+    for T in (9, 4, 9):
+        x, dy = rng.standard_normal((T, 2, 3)), rng.standard_normal((T, 2, 32))
+        fresh = cgru.GRU(3, 16, num_layers=2, bidirectional=True, dtype="float64", seed=4)
+        spare = list(reused._spare_workspaces)
+        got, want = _training_step(reused, x, dy), _training_step(fresh, x, dy)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        if spare:  # the forward took the spare the previous backward left
+            assert np.shares_memory(reused._spare_workspaces[0], spare[0])
+        assert len(reused._spare_workspaces) == 1
+    # a copy never carries the spare workspace
+    assert copy.deepcopy(reused)._spare_workspaces == []
