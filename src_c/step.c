@@ -26,11 +26,11 @@
 /* Scratch up to this many elements lives on the stack; larger steps allocate once per call. */
 #define STEP_STACK_ELEMS 8192
 /* Multiply-adds per step (B * 3H * (inputs + H), all layers) from which threads share a step:
- * below it, waking a second thread costs more than it saves. Measured on the 2-core VM (B=1,
- * I=32, from Python): H=128 (61k) 3.66 us on one thread, 3.70 on two, and up to twice that on two
- * when the hypervisor's core placement makes cross-core hand-offs slow; H=256 (221k) 11.6 us on
- * one, 7.7 on two. */
-#define STEP_SHARED_WORK 131072
+ * below it, waking a second thread costs more than it saves. Measured on 2-core VMs (B=1, I=32,
+ * from Python, us per call on one thread / two): Zen 4, H=128 (61k) 3.66 / 3.70, and up to twice
+ * that on two when the hypervisor's core placement makes cross-core hand-offs slow; H=256 (221k)
+ * 11.6 / 7.7. Zen 5, H=64 (18k) 1.27 / 1.83, H=128 (61k) 2.75 / 2.69, H=192 (129k) 5.05 / 3.87. */
+#define STEP_SHARED_WORK 98304
 
 #define CGRU_DOUBLE 0
 #include "step_impl.h"

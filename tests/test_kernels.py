@@ -88,7 +88,7 @@ def test_backward_runs_on_more_threads_than_its_forward():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_step_on_shared_threads_follows_the_sequence_forward(reset_after, num_layers, B,
                                                              threads):
-    """Large enough for threads to share each step (3H (I + H) >= 131072 multiply-adds) and for
+    """Large enough for threads to share each step (3H (I + H) >= 98304 multiply-adds) and for
     W_hh (1 MB) to count as uncached: B = 1 runs one row at a time, 3 and 6 two rows at a time,
     9 on BLAS; out=h updates the state in place."""
     cgru.set_num_threads(threads)
