@@ -9,6 +9,7 @@
  */
 #include "barrier.h"
 #include "blas.h"
+#include "simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>

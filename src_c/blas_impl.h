@@ -67,6 +67,38 @@ void FN(cgru_gemm_split)(cgru_plan plan, int trans_a, int trans_b, int M, int N,
     if (plan.stalled && cgru_finish_spread_stalled(&spread)) *plan.stalled = 1;
 }
 
+/*
+ * out[lo, hi) += the sums of columns [lo, hi) of A (M rows, lda apart). Blocks of four vectors of
+ * columns are summed down all M rows in registers, starting from out's values and adding the
+ * rows in order: the same additions, in the same order, as `out[n] += A[m][n]` row by row, which
+ * kept each sum in memory and waited on its own store at every row (measured: 3 % of a
+ * (50, 128, 512, 512) training step).
+ */
+CGRU_KERNEL void FN(colsum_columns)(REAL *out, const REAL *A, int M, int lda, int lo, int hi)
+{
+    typedef FN(cgru_vec) vec;
+    enum { VL = 64 / sizeof(REAL) };
+    int n = lo;
+    for (; n + 4 * VL <= hi; n += 4 * VL) {
+        vec s0 = *(vec *)(out + n), s1 = *(vec *)(out + n + VL);
+        vec s2 = *(vec *)(out + n + 2 * VL), s3 = *(vec *)(out + n + 3 * VL);
+        for (int m = 0; m < M; m++) {
+            const REAL *row = A + (long)m * lda + n;
+            s0 += *(const vec *)row;
+            s1 += *(const vec *)(row + VL);
+            s2 += *(const vec *)(row + 2 * VL);
+            s3 += *(const vec *)(row + 3 * VL);
+        }
+        *(vec *)(out + n) = s0, *(vec *)(out + n + VL) = s1;
+        *(vec *)(out + n + 2 * VL) = s2, *(vec *)(out + n + 3 * VL) = s3;
+    }
+    for (; n < hi; n++) {
+        REAL sum = out[n];
+        for (int m = 0; m < M; m++) sum += A[(long)m * lda + n];
+        out[n] = sum;
+    }
+}
+
 void FN(cgru_colsum_add)(cgru_plan plan, REAL *out, const REAL *A, int M, int N, int lda)
 {
     int parts = plan.parts;
@@ -78,10 +110,7 @@ void FN(cgru_colsum_add)(cgru_plan plan, REAL *out, const REAL *A, int M, int N,
     for (int k = 0; k < parts; k++) {
         /* each thread owns columns [lo, hi) of out */
         int lo = cgru_block_start(k, N, parts, ALIGN), hi = cgru_block_start(k + 1, N, parts, ALIGN);
-        for (int m = 0; m < M; m++) {
-            const REAL *row = A + (long)m * lda;
-            for (int n = lo; n < hi; n++) out[n] += row[n];
-        }
+        FN(colsum_columns)(out, A, M, lda, lo, hi);
     }
 }
 
