@@ -109,6 +109,19 @@ class _Parameter:
                              f"is fixed at construction (bias=False builds a GRU without biases)")
 
 
+class _Carver:
+    """Hands out consecutive pieces of a flat buffer, from `start` on, as copies of arrays."""
+
+    def __init__(self, buffer, start):
+        self.buffer, self.at = buffer, start
+
+    def copy_of(self, a):
+        piece = self.buffer[self.at:self.at + a.size].reshape(a.shape)
+        self.at += a.size
+        np.copyto(piece, a)
+        return piece
+
+
 class GRU:
     """Multi-layer GRU on the cgru engine; the API of `torch.nn.GRU` plus `reset_after`.
 
@@ -637,19 +650,22 @@ class GRU:
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         n_threads = _engine.get_num_threads()
         # One workspace per call, carved into a saved block per layer and direction (kept for
-        # backward) and scratch.
+        # backward), scratch, and the copies backward reads: x (a user may change it before
+        # backward) and the parameters as they were (backward refuses ones changed since).
         sizes = [_engine.layer_workspace_size(T, B, I, H, self.reset_after, True, n_threads)
                  for I in self._layer_inputs()]
         n_saved = [s for s, _ in sizes]
         saved_total = sum(n_saved) * D
-        workspace = self._training_workspace(saved_total + max(s for _, s in sizes))
-        scratch = workspace[saved_total:]
+        n_scratch = max(s for _, s in sizes)
+        workspace = self._training_workspace(saved_total + n_scratch + x.size
+                                             + sum(v.size for v in params.values()))
+        scratch = workspace[saved_total:saved_total + n_scratch]
+        copies = _Carver(workspace, saved_total + n_scratch)
         h_n = np.empty((L * D, B, H), self.dtype)
-        layer_input = np.array(x, order="C")  # a copy: a user may change x before backward
-        # the parameters as they were, so that backward can refuse ones changed since
+        layer_input = copies.copy_of(x)
         context = {"layers": [], "lengths": lengths, "shape": (T, B), "unbatched": unbatched,
                    "scratch": scratch, "workspace": workspace,
-                   "params": {k: v.copy() for k, v in params.items()}}
+                   "params": {k: copies.copy_of(v) for k, v in params.items()}}
         offset = 0
         for layer in range(L):
             y = np.empty((T, B, D * H), self.dtype)
