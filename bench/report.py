@@ -255,9 +255,13 @@ def main():
             (info["implementation"], b["stats"]["median"], info))
     float32 = [b for b in benches if b["extra_info"].get("dtype", "float32") == "float32"]
     float64 = [b for b in benches if b["extra_info"].get("dtype") == "float64"]
-    sgemm = float32[0]["extra_info"]["sgemm_gflops"]
-    dgemm = (f"; dgemm: {float64[0]['extra_info']['sgemm_gflops']:.1f} GFLOP/s"
-             if float64 else "")
+    # the yardstick of "of GEMM": the best GEMM of each dtype timed in this report's processes
+    # (the first pass and each re-run time it once); a GEMM timed while the VM was busy
+    # would otherwise put a group above 100 %
+    best_gemm = {dtype: max(b["extra_info"]["sgemm_gflops"] for b in records)
+                 for dtype, records in (("float32", float32), ("float64", float64)) if records}
+    sgemm = best_gemm["float32"]
+    dgemm = (f"; dgemm: {best_gemm['float64']:.1f} GFLOP/s" if float64 else "")
     threads = benches[0]["extra_info"]["threads"]
     lines = ["| configuration (T, B, I, H) | pass | implementation | median | GFLOP/s | "
              "of GEMM | vs fastest peer | probe |", "|---|---|---|---|---|---|---|---|"]
@@ -270,7 +274,9 @@ def main():
                          f"{median * 1e3:.2f} ms ({info['per_step_us']:.2f} us/step)")
             mark = " (unsteady)" if (config, pass_name) in unsteady else ""
             lines.append(f"| {config}{mark} | {pass_name} | {name} | {time_text} | "
-                         f"{info['gflops']:.1f} | {info['sgemm_fraction'] * 100:.0f} % | {ratio} | "
+                         f"{info['gflops']:.1f} | "
+                         f"{info['gflops'] / best_gemm[info.get('dtype', 'float32')] * 100:.0f} % | "
+                         f"{ratio} | "
                          f"{info['handoff_us']:.2f} |")
     versions = ", ".join(f"{p} {version(p)}" for p in
                          ["cgru", "numpy", "scipy", "torch", "onnxruntime", "keras",
@@ -315,7 +321,7 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
 - Date: {datetime.date.today().isoformat()}
 - CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads per implementation: {threads}
 - Versions: Python {platform.python_version()}, {versions}
-- SciPy sgemm (1024^3, same run): {sgemm:.1f} GFLOP/s{dgemm}; SciPy's BLAS: {blas_kernel()} (run
+- SciPy sgemm (1024^3, the best of this run's processes): {sgemm:.1f} GFLOP/s{dgemm}; SciPy's BLAS: {blas_kernel()} (run
   with {" and ".join(HELD_BLAS_VARIABLES)} removed, as on users' machines)
 - Kernel check (cgru/_blas_kernel.py, also in `cgru info`): {kernel_line}
 - float32 unless the pass says float64, medians; "vs fastest peer" divides by the fastest
@@ -336,7 +342,8 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
   moves 2-3x when the hypervisor moves the cores, and every timing that synchronises threads
   moves with it. A group whose probe moved more than {UNSTEADY}x is run again (up to {RERUNS}
   times); "(unsteady)" marks one that never ran in a single state: compare its rows with care.
-  A re-run group's "of GEMM" divides by the GEMM timed in its own re-run.
+  "of GEMM" divides by the best GEMM of the dtype timed in this report's processes (the header's
+  figure).
 
 {table}
 
