@@ -273,7 +273,8 @@ def main():
             time_text = (f"{median * 1e3:.2f} ms" if pass_name != "streaming" else
                          f"{median * 1e3:.2f} ms ({info['per_step_us']:.2f} us/step)")
             mark = " (unsteady)" if (config, pass_name) in unsteady else ""
-            lines.append(f"| {config}{mark} | {pass_name} | {name} | {time_text} | "
+            stalled = f" ({info['stalls']} stalled)" if info.get("stalls") else ""
+            lines.append(f"| {config}{mark} | {pass_name} | {name}{stalled} | {time_text} | "
                          f"{info['gflops']:.1f} | "
                          f"{info['gflops'] / best_gemm[info.get('dtype', 'float32')] * 100:.0f} % | "
                          f"{ratio} | "
@@ -343,7 +344,9 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
   moves with it. A group whose probe moved more than {UNSTEADY}x is run again (up to {RERUNS}
   times); "(unsteady)" marks one that never ran in a single state: compare its rows with care.
   "of GEMM" divides by the best GEMM of the dtype timed in this report's processes (the header's
-  figure).
+  figure). "cgru (N stalled)": N of cgru's timed calls had a thread descheduled at a per-step
+  barrier; after three such calls in a row cgru runs on one thread for 10 ms to 1 s (README,
+  "Threads"), so a busy VM can show cgru at up to half its speed there.
 
 {table}
 

@@ -142,15 +142,19 @@ def _bench_gru(benchmark, pass_name, config, peer, dtype, gemm):
     suffix = "" if dtype == "float32" else f" {dtype}"
     benchmark.group = f"{config_id(config)} {pass_name}{suffix}"
     handoff_us = settle()
+    stalls_before = cgru._engine.stalls_seen()
     benchmark.pedantic(fn, rounds=ROUNDS[pass_name], iterations=1, warmup_rounds=1)
     if benchmark.disabled:  # --benchmark-disable: each body ran once, nothing was timed
         return
+    # cgru's calls whose threads stalled at a barrier while it was timed (a descheduled virtual
+    # CPU; three in a row put cgru on one thread for a while: README, "Threads")
+    stalls = cgru._engine.stalls_seen() - stalls_before if peer is Cgru else 0
     gflops = flops(config, pass_name == "train") / benchmark.stats.stats.median / 1e9
     # "sgemm_fraction": the fraction of SciPy's GEMM of the same dtype (dgemm for float64)
     benchmark.extra_info.update(implementation=peer.name, config=config_id(config),
                                 pass_name=pass_name + suffix, dtype=dtype, gflops=gflops,
                                 sgemm_fraction=gflops / gemm, sgemm_gflops=gemm,
-                                threads=THREADS, handoff_us=handoff_us,
+                                threads=THREADS, handoff_us=handoff_us, stalls=stalls,
                                 blas_kernel=blas_architecture(), checked=checked)
 
 
