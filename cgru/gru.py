@@ -424,6 +424,7 @@ class GRU:
         self._checked_params()
         self.training = False
         self._context = None
+        self._spare_workspaces.clear()  # an inference-only GRU has no training step to keep it for
         self._bfloat16 = {}
         for layer in range(self.num_layers):
             for d in range(self.num_directions):

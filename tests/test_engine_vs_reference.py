@@ -91,5 +91,10 @@ def test_training_steps_reuse_one_workspace_and_give_the_same_results_as_a_fresh
         if spare:  # the forward took the spare the previous backward left
             assert np.shares_memory(reused._spare_workspaces[0], spare[0])
         assert len(reused._spare_workspaces) == 1
-    # a copy never carries the spare workspace
+    # a copy never carries the spare workspace, and a GRU quantized for inference lets it go
     assert copy.deepcopy(reused)._spare_workspaces == []
+    single = cgru.GRU(3, 16, seed=4)
+    _training_step(single, rng.standard_normal((5, 2, 3)).astype(np.float32),
+                   rng.standard_normal((5, 2, 16)).astype(np.float32))
+    assert len(single._spare_workspaces) == 1
+    assert single.quantize("bfloat16")._spare_workspaces == []
