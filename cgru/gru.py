@@ -286,7 +286,7 @@ class GRU:
         # the workspace of the last training step whose backward is done, for the next training
         # forward: a fresh one costs its page faults at every step (measured on a 2-core VM: the
         # (100, 64, 128, 256) training step took 50 ms with a fresh 33 MB workspace per call and
-        # 35 ms with memory already mapped). A list, so that threads take it with an atomic pop.
+        # 38 ms with this one kept). A list, so that threads take it with an atomic pop.
         self._spare_workspaces = []
 
     @property
@@ -659,7 +659,7 @@ class GRU:
         saved_total = sum(n_saved) * D
         n_scratch = max(s for _, s in sizes)
         workspace = self._training_workspace(saved_total + n_scratch + x.size
-                                             + sum(v.size for v in params.values()))
+                                             + sum(v.size for v in params.values()))  # or more
         scratch = workspace[saved_total:saved_total + n_scratch]
         copies = _Carver(workspace, saved_total + n_scratch)
         h_n = np.empty((L * D, B, H), self.dtype)
@@ -691,15 +691,15 @@ class GRU:
         return y, h_n
 
     def _training_workspace(self, size):
-        """A workspace of `size` elements for a training forward: the spare one a finished
-        backward left (the GRU keeps at most one, of the size its training steps need), or a new
-        one."""
+        """A flat workspace of at least `size` elements for a training forward: the spare one a
+        finished backward left (the GRU keeps at most one, of the size its training steps need),
+        or a new one."""
         try:
             spare = self._spare_workspaces.pop()
         except IndexError:
             spare = None
         if spare is not None and spare.size >= size:
-            return spare[:size]
+            return spare
         return np.empty(size, self.dtype)
 
     def _inference_blocks(self, T, B, x_in_place, with_outputs):
@@ -840,8 +840,7 @@ class GRU:
             dx = self._backward_layers(context, dy, dh_n, dh0, params, scratch, n_threads)
         # nothing the caller holds views the workspace (dx, dh0 and the outputs have their own
         # memory): the next training forward may take it
-        self._spare_workspaces[:] = [context["workspace"].base if context["workspace"].base
-                                     is not None else context["workspace"]]
+        self._spare_workspaces[:] = [context["workspace"]]
         if unbatched:
             return dx[:, 0, :], dh0[:, 0, :]
         if self.batch_first:
