@@ -81,7 +81,7 @@ static void FN(pack_own_slices)(REAL *w_packed, const size_t *at, const REAL *w_
  *             second one, da_n W_hn[:, j0:j1].
  * Packed: per slice, see pack_forward_panels and pack_backward_panels. Unpacked: the forward
  * reads pack_recurrent_weights's rows, the backward W_hh's columns as they lie. bfloat16 strips
- * keep each gate apart: the forward multiplies by one gate at a time (gate_operand).
+ * are not packed per slice: strips_operand (product_impl.h) finds a slice's units in each gate.
  */
 static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
                                                  const REAL *w_packed, const size_t *packed_at,
@@ -97,12 +97,6 @@ static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
     }
     if (backward) return (FN(cgru_operand)){w_hh + (second ? 2L * H * H : 0) + j0, H, 0, 0};
     return (FN(cgru_operand)){w_packed + 3L * j0 * H + (second ? 2L * hs * H : 0), H, 1, 0};
-}
-
-/* The forward's operand of gate g's rows [j0, j1) in bfloat16 strips */
-static inline FN(cgru_operand) FN(gate_operand)(const uint16_t *w16, int H, int g, int j0)
-{
-    return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w16, H, g, j0)};
 }
 
 /* cgru_layer_forward_f32/_f64 (W_hh in w_hh), and cgru_layer_forward_bf16 (W_hh in bfloat16
@@ -181,15 +175,12 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                 const int hs = j1 - j0;
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int gates_now = reset_after ? 3 : 2;        /* r, z (and n) now */
-                if (w_hh16)
-                    for (int g = 0; g < gates_now; g++)
-                        FN(cgru_product)(kernel, gh_own + g * hs, 3 * hs, h_prev, H,
-                                         FN(gate_operand)(w_hh16, H, g, j0), B, hs, H, 0);
-                else
-                    FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
-                                     FN(slice_operand)(kernel, w_packed, packed_at, w_hh, H,
-                                                       own_slice_index, j0, j1, reset_after, 0, 0),
-                                     B, gates_now * hs, H, 0);
+                FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
+                                 w_hh16 ? FN(strips_operand)(w_hh16, H, 0, j0, j1)
+                                        : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
+                                                            H, own_slice_index, j0, j1,
+                                                            reset_after, 0, 0),
+                                 B, gates_now * hs, H, 0);
                 if (reset_after)
                     FN(gates_forward_reset_after)(h_new, y_t, ldy, gx, bias, rh_or_hn, gh_own, h_prev,
                                                   b_hn, lengths, t, training, B, H, j0, j1);
@@ -203,7 +194,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     w_hh16 ? FN(gate_operand)(w_hh16, H, 2, j0)
+                                     w_hh16 ? FN(strips_operand)(w_hh16, H, 2, j0, j1)
                                            : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                                H, own_slice_index, j0, j1,
                                                                reset_after, 0, 1),

@@ -70,10 +70,16 @@ static inline int cgru_panels_preferred(void)
 #endif
 }
 
+/* Elements from one gate's bfloat16 strips to the next gate's: S P 32. */
+static inline long cgru_bf16_gate_stride(int H)
+{
+    return (long)((H + 15) / 16) * ((H + 1) / 2) * 32;
+}
+
 /* The bfloat16 strips of gate g from unit j0 on (a multiple of 16, as thread slices are). */
 static inline const uint16_t *cgru_bf16_gate_strips(const uint16_t *w16, int H, int g, int j0)
 {
-    return w16 + ((size_t)g * ((H + 15) / 16) + j0 / 16) * ((H + 1) / 2) * 32;
+    return w16 + g * cgru_bf16_gate_stride(H) + (long)(j0 / 16) * ((H + 1) / 2) * 32;
 }
 
 /* The same for bfloat16 weights (STRIPS_BF16): -1 follows the CPU, 0 always widens them in

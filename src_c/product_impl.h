@@ -188,17 +188,22 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
 
 #if !CGRU_DOUBLE
 /*
- * C (M, N), rows ldc apart, = A (M, K) W^T with W in bfloat16 strips (product.h: strip s holds
- * output columns [16s, 16s + 16) as K/2 pairs of k, 64 bytes each; the strips of C's columns
- * follow each other). A is rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so
+ * C (M, N), rows ldc apart, = A (M, K) W^T with W in bfloat16 strips (product.h: a strip holds
+ * 16 output columns as K/2 pairs of k, 64 bytes each). C's columns come in runs of gate_cols,
+ * one per gate (a thread's units of r, z and n side by side): the strips of a run follow each
+ * other, and each run's first strip lies gate_stride elements after the previous run's, so that
+ * one pass computes every gate of a slice. A is rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so
  * every CPU computes the same products: each product of two bfloat16 values is exact in float32,
  * and the sums are float32, the odd k of each pair added before the even one, as vdpbf16ps adds
  * them.
  *
- * A tile of rows of A by a group of strips keeps its sums in vector registers: one or two rows
- * by up to 8 strips (enough independent sums to hide the latency of one row), three or four rows
- * by up to 6 (24 sums, and each vector of weights loaded serves four rows); per pair of k it loads one vector of each strip and broadcasts each row's pair: no
- * horizontal sum anywhere. Two kernels:
+ * A tile of rows of A by a group of strips keeps its sums in vector registers: one row by up to
+ * 12 strips, two rows by up to 8 (enough independent sums to hide the multiply-add latency: at
+ * B = 1 one gate's 4 strips alone left a step waiting on it, at three times the time of the
+ * 12 strips of a slice's three gates in one pass), three or four rows by up to 6 (24 sums, and
+ * each vector of weights loaded serves four rows). A group may span runs. Per pair of k a tile
+ * loads one vector of each strip and broadcasts each row's pair: no horizontal sum anywhere.
+ * Two kernels:
  *   strips_bf16_dot       CPUs with AVX512_BF16: one vdpbf16ps per strip, row and pair of k;
  *   strips_bf16_widened   any CPU: a bfloat16 is the upper half of a float32, so a strip's 16
  *                         pairs widen exactly with one mask (odd k) and one shift (even k),
@@ -218,8 +223,9 @@ static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgr
 }
 
 #define STRIP_TILE_ROWS 4
-#define STRIP_GROUP 8       /* strips per tile of one or two rows */
-#define STRIP_GROUP_WIDE 6  /* strips per tile of three or four rows */
+#define STRIP_GROUP_ONE 12  /* strips per tile of one row */
+#define STRIP_GROUP 8       /* of two rows */
+#define STRIP_GROUP_WIDE 6  /* of three or four rows */
 #define STRIP_CHUNK_PAIRS 256
 
 /* pairs (rows, n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
@@ -252,42 +258,48 @@ static inline void strips_pairs_of(uint32_t *pairs, int words, const float *A, i
     }
 }
 
-/* C[m0 + i, 16 (s0 + g) + j] = (or +=) sums[i][g][j], for the columns below N */
+/* C[i, col[g] + j] = (or +=) sums[i][g][j] for j below cols[g] */
 static inline __attribute__((always_inline)) void strips_store(
-    float *C, int ldc, int rows, int s0, int group, int N, int accumulate,
-    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
+    float *C, int ldc, int rows, int group, const int *col, const int *cols, int accumulate,
+    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
 {
     for (int i = 0; i < rows; i++)
         for (int g = 0; g < group; g++) {
-            float *c = C + (long)i * ldc + 16 * (s0 + g);
-            const int cols = N - 16 * (s0 + g);
-            if (cols >= 16) {
+            float *c = C + (long)i * ldc + col[g];
+            if (cols[g] == 16) {
                 if (accumulate) *(cgru_vec_f32 *)c += sums[i][g];
                 else *(cgru_vec_f32 *)c = sums[i][g];
             } else {
-                for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + sums[i][g][j] : sums[i][g][j];
+                for (int j = 0; j < cols[g]; j++) c[j] = accumulate ? c[j] + sums[i][g][j] : sums[i][g][j];
             }
         }
 }
 
 #define STRIP_CASE(TILE, rows, group)                                                          \
     case rows * 16 + group:                                                                    \
-        TILE(rows, group, strip, strip_elems, pairs, chunk, sums);                             \
+        TILE(rows, group, strip, pairs, chunk, sums);                                          \
         break;
 #define STRIP_CASES(TILE, rows)                                                                \
     STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
     STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)               \
     STRIP_CASE(TILE, rows, 7) STRIP_CASE(TILE, rows, 8)
+#define STRIP_CASES_ONE(TILE, rows)                                                            \
+    STRIP_CASES(TILE, rows) STRIP_CASE(TILE, rows, 9) STRIP_CASE(TILE, rows, 10)               \
+    STRIP_CASE(TILE, rows, 11) STRIP_CASE(TILE, rows, 12)
 #define STRIP_CASES_WIDE(TILE, rows)                                                           \
     STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
     STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)
 
 /*
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
- * groups of strips; TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's sums.
+ * groups of strips (strip[g] the group's g-th strip from the chunk's first pair, col[g] and
+ * cols[g] its columns of C); TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
+ * sums.
  */
 #define STRIPS_LOOPS(TILE)                                                                      \
-    const int n_strips = (N + 15) / 16, n_pairs = (K + 1) / 2;                                 \
+    const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
+    const int per_run = (run + 15) / 16, n_runs = (N + run - 1) / run;                         \
+    const int n_strips = n_runs * per_run, n_pairs = (K + 1) / 2;                              \
     const long strip_elems = (long)n_pairs * 32;                                               \
     uint32_t pairs[STRIP_TILE_ROWS * STRIP_CHUNK_PAIRS];                                       \
     for (int m = 0; m < M; m += STRIP_TILE_ROWS) {                                             \
@@ -295,17 +307,26 @@ static inline __attribute__((always_inline)) void strips_store(
         for (int p0 = 0; p0 < n_pairs; p0 += STRIP_CHUNK_PAIRS) {                              \
             const int chunk = n_pairs - p0 < STRIP_CHUNK_PAIRS ? n_pairs - p0 : STRIP_CHUNK_PAIRS; \
             strips_pairs_of(pairs, STRIP_CHUNK_PAIRS, A + (long)m * lda, lda, rows, p0, chunk, K); \
-            const int most = rows <= 2 ? STRIP_GROUP : STRIP_GROUP_WIDE;                       \
+            const int most = rows == 1 ? STRIP_GROUP_ONE                                       \
+                             : rows == 2 ? STRIP_GROUP : STRIP_GROUP_WIDE;                     \
             for (int s = 0; s < n_strips; s += most) {                                         \
                 const int group = n_strips - s < most ? n_strips - s : most;                   \
-                cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP];                               \
-                const uint16_t *strip = strip0 + (long)s * strip_elems + (long)p0 * 32;        \
+                const uint16_t *strip[STRIP_GROUP_ONE];                                        \
+                int col[STRIP_GROUP_ONE], cols[STRIP_GROUP_ONE];                               \
+                for (int g = 0; g < group; g++) {                                              \
+                    const int r = (s + g) / per_run, i = (s + g) % per_run;                    \
+                    const int left = (N - r * run < run ? N - r * run : run) - 16 * i;         \
+                    strip[g] = strip0 + r * gate_stride + (i * strip_elems + p0 * 32L);        \
+                    col[g] = r * run + 16 * i;                                                 \
+                    cols[g] = left < 16 ? left : 16;                                           \
+                }                                                                              \
+                cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE];                           \
                 /* rows and group as constants, so that the sums stay in registers */          \
                 switch (rows * 16 + group) {                                                   \
-                STRIP_CASES(TILE, 1) STRIP_CASES(TILE, 2)                                       \
+                STRIP_CASES_ONE(TILE, 1) STRIP_CASES(TILE, 2)                                   \
                 STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)                             \
                 }                                                                              \
-                strips_store(C + (long)m * ldc, ldc, rows, s, group, N, p0 > 0, sums);         \
+                strips_store(C + (long)m * ldc, ldc, rows, group, col, cols, p0 > 0, sums);    \
             }                                                                                  \
         }                                                                                      \
     }
@@ -313,10 +334,10 @@ static inline __attribute__((always_inline)) void strips_store(
 /* sums over `chunk` pairs of one tile, widened: per pair and strip, a mask and a shift of the
  * strip's vector give its odd-k and even-k weights as float32 */
 static inline __attribute__((always_inline)) void strips_tile_widened(
-    int rows, int group, const uint16_t *strip, long strip_elems, const uint32_t *pairs,
-    int chunk, cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
+    int rows, int group, const uint16_t *const *strip, const uint32_t *pairs, int chunk,
+    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
 {
-    cgru_vec_f32 acc[STRIP_TILE_ROWS][STRIP_GROUP];
+    cgru_vec_f32 acc[STRIP_TILE_ROWS][STRIP_GROUP_ONE];
     for (int i = 0; i < rows; i++)
         for (int g = 0; g < group; g++) acc[i][g] = (cgru_vec_f32){0};
     for (int p = 0; p < chunk; p++) {
@@ -327,7 +348,7 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
             odd[i] = hi.f, even[i] = lo.f;
         }
         for (int g = 0; g < group; g++) {
-            const cgru_pairs_bf16 w = *(const cgru_pairs_bf16 *)(strip + g * strip_elems + 32L * p);
+            const cgru_pairs_bf16 w = *(const cgru_pairs_bf16 *)(strip[g] + 32L * p);
             const cgru_vec_f32 w_odd = (cgru_vec_f32)(w & 0xffff0000u);
             const cgru_vec_f32 w_even = (cgru_vec_f32)(w << 16);
             for (int i = 0; i < rows; i++) {
@@ -341,7 +362,8 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
 }
 
 CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
-                                     const uint16_t *strip0, int M, int N, int K)
+                                     const uint16_t *strip0, long gate_stride, int gate_cols,
+                                     int M, int N, int K)
 {
     STRIPS_LOOPS(strips_tile_widened)
 }
@@ -353,10 +375,10 @@ CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
 
 /* the same sums with one vdpbf16ps per pair, strip and row */
 static inline __attribute__((always_inline)) CGRU_BF16_TARGET void strips_tile_dot(
-    int rows, int group, const uint16_t *strip, long strip_elems, const uint32_t *pairs,
-    int chunk, cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP])
+    int rows, int group, const uint16_t *const *strip, const uint32_t *pairs, int chunk,
+    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
 {
-    __m512 acc[STRIP_TILE_ROWS][STRIP_GROUP];
+    __m512 acc[STRIP_TILE_ROWS][STRIP_GROUP_ONE];
     for (int i = 0; i < rows; i++)
         for (int g = 0; g < group; g++) acc[i][g] = _mm512_setzero_ps();
     for (int p = 0; p < chunk; p++) {
@@ -364,7 +386,7 @@ static inline __attribute__((always_inline)) CGRU_BF16_TARGET void strips_tile_d
         for (int i = 0; i < rows; i++)
             a[i] = (__m512bh)_mm512_set1_epi32((int)pairs[i * STRIP_CHUNK_PAIRS + p]);
         for (int g = 0; g < group; g++) {
-            const __m512bh w = (__m512bh)_mm512_loadu_si512(strip + g * strip_elems + 32L * p);
+            const __m512bh w = (__m512bh)_mm512_loadu_si512(strip[g] + 32L * p);
             for (int i = 0; i < rows; i++) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], w, a[i]);
         }
     }
@@ -373,7 +395,8 @@ static inline __attribute__((always_inline)) CGRU_BF16_TARGET void strips_tile_d
 }
 
 CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, int lda,
-                                             const uint16_t *strip0, int M, int N, int K)
+                                             const uint16_t *strip0, long gate_stride,
+                                             int gate_cols, int M, int N, int K)
 {
     STRIPS_LOOPS(strips_tile_dot)
 }
@@ -381,18 +404,19 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
 #undef STRIPS_LOOPS
 #undef STRIP_CASES
 #undef STRIP_CASES_WIDE
+#undef STRIP_CASES_ONE
 #undef STRIP_CASE
 
 static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const uint16_t *strip0,
-                               int M, int N, int K)
+                               long gate_stride, int gate_cols, int M, int N, int K)
 {
 #ifdef CGRU_HAVE_BF16_DOT
     if (cgru_bf16_dot_preferred()) {
-        strips_bf16_dot(C, ldc, A, lda, strip0, M, N, K);
+        strips_bf16_dot(C, ldc, A, lda, strip0, gate_stride, gate_cols, M, N, K);
         return;
     }
 #endif
-    strips_bf16_widened(C, ldc, A, lda, strip0, M, N, K);
+    strips_bf16_widened(C, ldc, A, lda, strip0, gate_stride, gate_cols, M, N, K);
 }
 #endif
 
@@ -400,7 +424,9 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
  * The weights of one per-step product C (M, N) = A (M, K) op(W):
  *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused);
  *   STRIPS_BF16: w16 is the first of the bfloat16 strips of W's rows (N, K), op(W) = W^T
- *                (product.h; float32 products only; w and ld unused);
+ *                (product.h; float32 products only; w and ld unused), in runs of gate_cols
+ *                columns, each run's strips gate_stride elements after the previous run's
+ *                (strips_operand: a slice of units in every gate);
  *   other kernels: w is W as it lies, rows ld apart: (N, K) with op(W) = W^T when transposed
  *                (rows are output units, as W_hh in h W_hh^T), else (K, N) with op(W) = W.
  */
@@ -408,7 +434,17 @@ typedef struct {
     const REAL *w;
     int ld, transposed;
     const uint16_t *w16;
+    long gate_stride;
+    int gate_cols;
 } FN(cgru_operand);
+
+/* The bfloat16 strips of units [j0, j1) of W_hh (3H, H), from gate g on: a product of
+ * n (j1 - j0) columns with this operand multiplies by gates g .. g + n - 1 at once. */
+static inline FN(cgru_operand) FN(strips_operand)(const uint16_t *w16, int H, int g, int j0, int j1)
+{
+    return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w16, H, g, j0),
+                              cgru_bf16_gate_stride(H), j1 - j0};
+}
 
 /* C (M, N), rows ldc apart, = A (M, K), rows lda apart, times op(W); += with accumulate. */
 static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc, const REAL *A,
@@ -419,7 +455,7 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
         FN(panels_matmul)(C, ldc, A, lda, W.w, M, N, K, accumulate);
 #if !CGRU_DOUBLE
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
-        strips_bf16(C, ldc, A, lda, W.w16, M, N, K);
+        strips_bf16(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
 #endif
     } else if (kernel == CGRU_PRODUCT_BLAS || !W.transposed || accumulate || W.ld != K) {
         FN(cgru_gemm)(0, W.transposed, M, N, K, 1, A, lda, W.w, W.ld, accumulate ? 1 : 0, C, ldc);

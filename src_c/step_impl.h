@@ -13,13 +13,13 @@ typedef struct {
     int L, B, I0, H, reset_after, n_slices;
 } FN(step_work);
 
-/* The operand of layer l's W_hh rows of gate g from unit j0 on (product.h), in the dtype or
- * in bfloat16 strips. */
-static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int g, int j0)
+/* The operand of layer l's W_hh rows of gate g, units [j0, j1) (product.h), in the dtype or
+ * in bfloat16 strips (where a product of n (j1 - j0) columns reads gates g .. g + n - 1). */
+static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int g, int j0, int j1)
 {
     const int H = w->H;
-    if (w->w_hh16) return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w->w_hh16[l], H, g, j0)};
-    return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0};
+    if (w->w_hh16) return FN(strips_operand)(w->w_hh16[l], H, g, j0, j1);
+    return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0, 0, 0};
 }
 
 /* The layers of one step, as thread `me` of `team` sees them: its slices of hidden units, and a
@@ -59,9 +59,14 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
             const int gates_now = reset_after ? 3 : 2;
-            for (int g = 0; g < gates_now; g++) {
-                const FN(cgru_operand) w_gate = FN(rows_of)(w, l, g, j0);  /* (hs, H) */
-                FN(cgru_product)(kernel_hh, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
+            if (w->w_hh16) {  /* every gate in one pass over the strips */
+                FN(cgru_product)(kernel_hh, gh_own, 3 * hs, h_prev, H, FN(rows_of)(w, l, 0, j0, j1),
+                                 B, gates_now * hs, H, 0);
+            } else {
+                for (int g = 0; g < gates_now; g++) {
+                    const FN(cgru_operand) w_gate = FN(rows_of)(w, l, g, j0, j1);  /* (hs, H) */
+                    FN(cgru_product)(kernel_hh, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
+                }
             }
             if (reset_after)
                 FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
@@ -75,7 +80,7 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
             for_each_own_slice(j0, j1, m.me, m.team, n_slices, H, ALIGN) {
                 const int hs = j1 - j0;
                 REAL *gh_own = gh + 3L * B * j0;
-                const FN(cgru_operand) w_n = FN(rows_of)(w, l, 2, j0);  /* (hs, H) */
+                const FN(cgru_operand) w_n = FN(rows_of)(w, l, 2, j0, j1);  /* (hs, H) */
                 FN(cgru_product)(kernel_hh, gh_own + 2 * hs, 3 * hs, rh, H, w_n, B, hs, H, 0);
                 FN(gates_forward_n)(h_new, y, H, gx, bias, gh_own, h_prev, 0, 0, 0, B, H, j0, j1);
             }
