@@ -544,33 +544,55 @@ cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, 
     return a
 
 
-def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint reset_after,
-             bint bias, object dtype, dict bfloat16=None):
-    """One time step through L unidirectional layers (cgru.GRU.step): checks its arguments as
-    precisely as the Python layer would, in C, because it runs once per time step.
+cdef class StepLayout:
+    """What gru_step needs of a unidirectional GRU's architecture, checked once (cgru.GRU keeps
+    one): names, (w_ih names, w_hh names, b_ih names, b_hh names), one per layer; L layers
+    (`layers`) of H units (`units`) on I inputs (`inputs`); reset_after; bias; dtype float32 or
+    float64."""
+    cdef readonly tuple n_ih, n_hh, nb_ih, nb_hh
+    cdef readonly int layers, inputs, units, type_num
+    cdef readonly bint reset_after, bias
+    cdef readonly object dtype
 
-    params: the GRU's parameter dict; names: (w_ih names, w_hh names, b_ih names, b_hh names),
-    one per layer; x_t (B, I) with h (L, B, H), or x_t (I,) with h (L, H); out: None or an array
-    of h's shape; bfloat16: None, or the W_hh of every layer in bfloat16 strips (bf16_strips,
-    by the same names) of a quantized float32 GRU. Returns out, or a new array."""
-    if L < 1 or L > MAX_LAYERS:
-        raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
-    if len(names) != 4 or len(<tuple?>names[0]) != L or len(<tuple?>names[1]) != L \
-            or len(<tuple?>names[2]) != L or len(<tuple?>names[3]) != L:
-        raise ValueError(f"step: the parameter names must be 4 tuples of {L} names")
-    cdef int type_num = (<cnp.dtype?>dtype).type_num
-    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
-        raise TypeError(f"step: dtype must be float32 or float64, got {dtype}")
-    if not cnp.PyArray_Check(x_t):
-        x_t = np.asarray(x_t)
-    if not cnp.PyArray_Check(h):
-        h = np.asarray(h)
-    cdef cnp.ndarray xa = <cnp.ndarray>x_t, ha = <cnp.ndarray>h
-    for arr, name in ((xa, "x_t"), (ha, "h")):
-        if cnp.PyArray_TYPE(<cnp.ndarray>arr) != type_num \
-                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>arr):
-            raise TypeError(f"{name} has dtype {arr.dtype} but the GRU's parameters are {dtype} "
-                            f"(native byte order); pass {name}.astype(np.{dtype.name})")
+    def __init__(self, tuple names, int L, int I, int H, bint reset_after, bint bias, dtype):
+        if L < 1 or L > MAX_LAYERS:
+            raise ValueError(f"step: between 1 and {MAX_LAYERS} layers, got {L}")
+        if I < 1 or H < 1:
+            raise ValueError(f"step: input_size and hidden_size must be positive, got {I}, {H}")
+        if len(names) != 4 or any(not isinstance(n, tuple) or len(n) != L for n in names):
+            raise ValueError(f"step: the parameter names must be 4 tuples of {L} names")
+        self.n_ih, self.n_hh, self.nb_ih, self.nb_hh = names
+        self.type_num = (<cnp.dtype?>dtype).type_num
+        if self.type_num != cnp.NPY_FLOAT and self.type_num != cnp.NPY_DOUBLE:
+            raise TypeError(f"step: dtype must be float32 or float64, got {dtype}")
+        self.layers, self.inputs, self.units = L, I, H
+        self.reset_after, self.bias, self.dtype = reset_after, bias, dtype
+
+
+cdef inline cnp.ndarray _step_operand(object a, str name, StepLayout layout):
+    """x_t or h as an array of the GRU's dtype in native byte order, else a TypeError."""
+    if not cnp.PyArray_Check(a):
+        a = np.asarray(a)
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != layout.type_num or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"{name} has dtype {arr.dtype} but the GRU's parameters are "
+                        f"{layout.dtype} (native byte order); pass "
+                        f"{name}.astype(np.{layout.dtype.name})")
+    return arr
+
+
+def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16=None):
+    """One time step through the layers of a unidirectional GRU (cgru.GRU.step): checks its
+    arguments as precisely as the Python layer would, in C, because it runs once per time step.
+
+    params: the GRU's parameter dict, by layout's names; x_t (B, I) with h (L, B, H), or x_t (I,)
+    with h (L, H); out: None or an array of h's shape; bfloat16: None, or the W_hh of every
+    layer in bfloat16 strips (bf16_strips, by the same names) of a quantized float32 GRU.
+    Returns out, or a new array."""
+    cdef int L = layout.layers, I = layout.inputs, H = layout.units, type_num = layout.type_num
+    cdef bint reset_after = layout.reset_after, bias = layout.bias
+    dtype = layout.dtype
+    cdef cnp.ndarray xa = _step_operand(x_t, "x_t", layout), ha = _step_operand(h, "h", layout)
     cdef int nd_x = cnp.PyArray_NDIM(xa), nd_h = cnp.PyArray_NDIM(ha)
     cdef Py_ssize_t B, features
     if nd_x == 1 and nd_h == 2:
@@ -582,12 +604,12 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     else:
         raise ValueError(f"step takes x_t (B, input_size) with h (num_layers, B, hidden_size), or "
                          f"x_t (input_size,) with h (num_layers, hidden_size); got x_t "
-                         f"{x_t.shape} and h {h.shape}")
+                         f"{np.shape(xa)} and h {np.shape(ha)}")
     if features != I:
         raise ValueError(f"x_t must have {I} features, got {features}")
     if not shape_ok:
         want = str((L, B, H)) if nd_h == 3 else str((L, H))
-        raise ValueError(f"h must have shape {want}, got {h.shape}")
+        raise ValueError(f"h must have shape {want}, got {np.shape(ha)}")
     if B == 0:
         raise ValueError("x_t has a batch of 0 rows")
     if out is None:
@@ -598,7 +620,7 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
           or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
           or not _same_shape(<cnp.ndarray>out, ha)):
         raise ValueError(f"out must be a writeable C-contiguous {dtype} array in native byte "
-                         f"order, of shape {h.shape}")
+                         f"order, of shape {np.shape(ha)}")
     user_out = None
     if not cnp.PyArray_ISALIGNED(<cnp.ndarray>out):  # computed aligned, then copied into out
         user_out, out = out, cnp.PyArray_EMPTY(nd_h, cnp.PyArray_DIMS(ha), type_num, 0)
@@ -612,7 +634,7 @@ def gru_step(dict params, tuple names, x_t, h, out, int L, int I, int H, bint re
     cdef const void *bi[64]
     cdef const void *bh[64]
     cdef int l, G = 3 * H
-    cdef tuple n_ih = names[0], n_hh = names[1], nb_ih = names[2], nb_hh = names[3]
+    cdef tuple n_ih = layout.n_ih, n_hh = layout.n_hh, nb_ih = layout.nb_ih, nb_hh = layout.nb_hh
     cdef list held = []
     for l in range(L):
         wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G,

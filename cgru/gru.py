@@ -202,8 +202,6 @@ class GRU:
         self.grads: dict[str, FloatArray] = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._shapes = {k: v.shape for k, v in self.params.items()}
         _Parameter.register(self._shapes)
-        # step(): parameter names by kind (weight_ih, weight_hh, bias_ih, bias_hh), layer by layer
-        self._step_names = tuple(zip(*[self._names(layer, 0) for layer in range(self.num_layers)]))
 
     # ---- architecture: read-only ----------------------------------------------------------------
 
@@ -288,6 +286,11 @@ class GRU:
         # (100, 64, 128, 256) training step took 50 ms with a fresh 33 MB workspace per call and
         # 38 ms with this one kept). A list, so that threads take it with an atomic pop.
         self._spare_workspaces = []
+        # step()'s fixed arguments, checked once: the engine reads them at every time step
+        self._step_layout = None if self._bidirectional else _engine.StepLayout(
+            tuple(zip(*[self._names(layer, 0) for layer in range(self._num_layers)])),
+            self._num_layers, self._input_size, self._hidden_size, self._reset_after, self._bias,
+            self._dtype)
 
     @property
     def _context(self):
@@ -301,11 +304,13 @@ class GRU:
         # a pickled or copied GRU carries its parameters and settings, never a pending forward
         state = self.__dict__.copy()
         del state["_pending"], state["_grads_lock"], state["_spare_workspaces"]
+        del state["_step_layout"]
         return state
 
     def __setstate__(self, state):
         state.setdefault("_bfloat16", None)
         state.setdefault("_bfloat16_of", {})
+        state.pop("_step_names", None)  # a pickle from before StepLayout
         self.__dict__.update(state)
         for value in self._bfloat16_of.values():  # unpickled arrays come back writeable
             value.flags.writeable = False
@@ -879,17 +884,17 @@ class GRU:
         Returns the new state; `out` (h's shape) receives it, and may be h itself. The top
         layer's output is the returned state's last row.
         """
-        if self._bidirectional:
+        layout = self._step_layout
+        if layout is None:
             raise ValueError("step() runs a unidirectional GRU; this one is bidirectional")
         if h is None:
             h = self._zero_state(x_t)
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
-        # reads the architecture's fields directly: a property costs ~60 ns per access)
-        if self._bfloat16 is not None:
+        # reads as few attributes as it can: each costs tens of nanoseconds)
+        bfloat16 = self._bfloat16
+        if bfloat16 is not None:
             self._refresh_bfloat16()
-        return _engine.gru_step(self.params, self._step_names, x_t, h, out, self._num_layers,
-                                self._input_size, self._hidden_size, self._reset_after,
-                                self._bias, self._dtype, self._bfloat16)
+        return _engine.gru_step(self.params, x_t, h, out, layout, bfloat16)
 
     def _zero_state(self, x_t):
         """step()'s zero state for x_t: (num_layers, B, hidden_size), or (num_layers,
