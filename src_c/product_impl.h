@@ -189,19 +189,18 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
 #if !CGRU_DOUBLE
 /*
  * C (M, N), rows ldc apart, = A (M, K) W^T with W in bfloat16 strips (product.h: a strip holds
- * 16 output columns as K/2 pairs of k, 64 bytes each). C's columns come in runs of gate_cols,
- * one per gate (a thread's units of r, z and n side by side): the strips of a run follow each
- * other, and each run's first strip lies gate_stride elements after the previous run's, so that
- * one pass computes every gate of a slice. A is rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so
+ * 16 output columns as K/2 pairs of k, 64 bytes each), in gate runs (cgru_operand below): the
+ * strips of a run follow each other, and one pass computes every gate of a slice. A is rounded to bfloat16 too, as AVX512_BF16's dot product takes it, so
  * every CPU computes the same products: each product of two bfloat16 values is exact in float32,
  * and the sums are float32, the odd k of each pair added before the even one, as vdpbf16ps adds
  * them.
  *
  * A tile of rows of A by a group of strips keeps its sums in vector registers: one row by up to
  * 12 strips, two rows by up to 8 (enough independent sums to hide the multiply-add latency: at
- * B = 1 one gate's 4 strips alone left a step waiting on it, at three times the time of the
- * 12 strips of a slice's three gates in one pass), three or four rows by up to 6 (24 sums, and
- * each vector of weights loaded serves four rows). A group may span runs. Per pair of k a tile
+ * B = 1, H = 128 a thread's slice holds 4 strips per gate, and a pass per gate waited on its
+ * chains; one pass over the 12 took about a fifth off a whole sequence's time per step, side by
+ * side on the 2-core VM), three or four rows by up to 6 (24 sums, and each vector of weights
+ * loaded serves four rows). A group may span runs. Per pair of k a tile
  * loads one vector of each strip and broadcasts each row's pair: no horizontal sum anywhere.
  * Two kernels:
  *   strips_bf16_dot       CPUs with AVX512_BF16: one vdpbf16ps per strip, row and pair of k;
@@ -422,13 +421,16 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
 
 /*
  * The weights of one per-step product C (M, N) = A (M, K) op(W):
- *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused);
+ *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused), a slice's gates
+ *                already side by side;
  *   STRIPS_BF16: w16 is the first of the bfloat16 strips of W's rows (N, K), op(W) = W^T
- *                (product.h; float32 products only; w and ld unused), in runs of gate_cols
- *                columns, each run's strips gate_stride elements after the previous run's
- *                (strips_operand: a slice of units in every gate);
+ *                (product.h; float32 products only; w and ld unused);
  *   other kernels: w is W as it lies, rows ld apart: (N, K) with op(W) = W^T when transposed
  *                (rows are output units, as W_hh in h W_hh^T), else (K, N) with op(W) = W.
+ * Gate runs (all but PANELS): with gate_cols > 0, C's columns come in runs of gate_cols, one
+ * per gate (a thread's units of r, z and n side by side), and each run's weights start
+ * gate_stride elements (of w, or of w16) after the previous run's, so that one product covers a
+ * slice of units in every gate (strips_operand; step.c's rows_of).
  */
 typedef struct {
     const REAL *w;
@@ -457,12 +459,19 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
         strips_bf16(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
 #endif
-    } else if (kernel == CGRU_PRODUCT_BLAS || !W.transposed || accumulate || W.ld != K) {
-        FN(cgru_gemm)(0, W.transposed, M, N, K, 1, A, lda, W.w, W.ld, accumulate ? 1 : 0, C, ldc);
-    } else if (kernel == CGRU_PRODUCT_ROWS) {
-        for (int b = 0; b < M; b++) FN(rows_dot)(C + (long)b * ldc, W.w, A + (long)b * lda, N, K);
-    } else {
-        FN(small_matmul_wt)(C, ldc, A, lda, W.w, M, N, K);
+    } else {  /* the weights as they lie: one product per gate run */
+        const int run = W.gate_cols > 0 && W.gate_cols < N ? W.gate_cols : N;
+        for (int c0 = 0, r = 0; c0 < N; c0 += run, r++) {
+            const REAL *w = W.w + r * W.gate_stride;
+            const int n = N - c0 < run ? N - c0 : run;
+            REAL *c = C + c0;
+            if (kernel == CGRU_PRODUCT_BLAS || !W.transposed || accumulate || W.ld != K)
+                FN(cgru_gemm)(0, W.transposed, M, n, K, 1, A, lda, w, W.ld, accumulate ? 1 : 0, c, ldc);
+            else if (kernel == CGRU_PRODUCT_ROWS)
+                for (int b = 0; b < M; b++) FN(rows_dot)(c + (long)b * ldc, w, A + (long)b * lda, n, K);
+            else
+                FN(small_matmul_wt)(c, ldc, A, lda, w, M, n, K);
+        }
     }
 }
 

@@ -13,13 +13,14 @@ typedef struct {
     int L, B, I0, H, reset_after, n_slices;
 } FN(step_work);
 
-/* The operand of layer l's W_hh rows of gate g, units [j0, j1) (product.h), in the dtype or
- * in bfloat16 strips (where a product of n (j1 - j0) columns reads gates g .. g + n - 1). */
+/* The operand of layer l's W_hh rows of units [j0, j1) from gate g on, in the dtype or in
+ * bfloat16 strips: a product of n (j1 - j0) columns reads gates g .. g + n - 1 (gate runs,
+ * product_impl.h). */
 static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int g, int j0, int j1)
 {
     const int H = w->H;
     if (w->w_hh16) return FN(strips_operand)(w->w_hh16[l], H, g, j0, j1);
-    return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0, 0, 0};
+    return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0, (long)H * H, j1 - j0};
 }
 
 /* The layers of one step, as thread `me` of `team` sees them: its slices of hidden units, and a
@@ -59,15 +60,8 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
             const int gates_now = reset_after ? 3 : 2;
-            if (w->w_hh16) {  /* every gate in one pass over the strips */
-                FN(cgru_product)(kernel_hh, gh_own, 3 * hs, h_prev, H, FN(rows_of)(w, l, 0, j0, j1),
-                                 B, gates_now * hs, H, 0);
-            } else {
-                for (int g = 0; g < gates_now; g++) {
-                    const FN(cgru_operand) w_gate = FN(rows_of)(w, l, g, j0, j1);  /* (hs, H) */
-                    FN(cgru_product)(kernel_hh, gh_own + g * hs, 3 * hs, h_prev, H, w_gate, B, hs, H, 0);
-                }
-            }
+            FN(cgru_product)(kernel_hh, gh_own, 3 * hs, h_prev, H, FN(rows_of)(w, l, 0, j0, j1),
+                             B, gates_now * hs, H, 0);  /* (hs, H) per gate */
             if (reset_after)
                 FN(gates_forward_reset_after)(h_new, y, H, gx, bias, 0, gh_own, h_prev, b_hn, 0, 0, 0,
                                               B, H, j0, j1);
