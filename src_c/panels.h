@@ -13,8 +13,11 @@
  * per row, TILE_ROWS*PANEL/VL fused multiply-adds, and no horizontal reduction anywhere.
  *
  * The vectors are GCC vector extensions 64 bytes wide (16 floats, 8 doubles): one AVX-512
- * register. The tile needs 24 of them, so the product is worth taking only on CPUs with AVX-512
- * (32 vector registers): product.h chooses it there.
+ * register. The tile needs 24 of them, which only AVX-512's 32 registers hold. With 16 registers
+ * (AVX2; simd.h's narrow tiles) a tile is a column chunk of the panel in 32-byte vectors, 12 sums
+ * whatever its rows: 4 rows x 24 floats, 3 x 32, 2 x 48 or 1 x 96 (half those in doubles), each
+ * chunk's strip of the panel staying in L1 while every row tile of C passes over it. Both tiles
+ * add each sum's products in the order of k, so they give the same bits.
  */
 #ifndef CGRU_PANELS_H
 #define CGRU_PANELS_H

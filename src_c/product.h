@@ -59,12 +59,15 @@ typedef enum {
  * cgru_set_panels_mode: -1 follows the CPU, 0 never packs, 1 always packs where the call can. */
 extern int cgru_panels_mode;
 
-/* 1 when calls that can pack should: the override, else whether this CPU has AVX-512. */
+/* 1 when calls that can pack should: the override, else whether this CPU has AVX2 and FMA (the
+ * x86-64-v3 level) or more, where a register tile (wide or narrow, simd.h) fits its registers. */
 static inline int cgru_panels_preferred(void)
 {
     if (cgru_panels_mode >= 0) return cgru_panels_mode;
-#if defined(__GNUC__) && defined(__x86_64__)
-    return __builtin_cpu_supports("avx512f");
+#if defined(CGRU_MULTIVERSION)
+    return __builtin_cpu_supports("x86-64-v3");
+#elif defined(__AVX2__) && defined(__FMA__)
+    return 1;
 #else
     return 0;
 #endif

@@ -27,6 +27,33 @@
  * splits their operations into narrower ones. */
 typedef float cgru_vec_f32 __attribute__((vector_size(64), aligned(4), __may_alias__));
 typedef double cgru_vec_f64 __attribute__((vector_size(64), aligned(8), __may_alias__));
+/* Half of one: a 32-byte vector (an AVX2 register), for the narrow register tiles below. */
+typedef float cgru_half_f32 __attribute__((vector_size(32), aligned(4), __may_alias__));
+typedef double cgru_half_f64 __attribute__((vector_size(32), aligned(8), __may_alias__));
+typedef int32_t cgru_half_lanes_f32 __attribute__((vector_size(32)));
+typedef int64_t cgru_half_lanes_f64 __attribute__((vector_size(32)));
+
+/*
+ * Wide or narrow register tiles. A kernel that keeps a tile of sums in registers (panels, rows_dot,
+ * the bfloat16 strips) holds it in 64-byte vectors where the kernels run with AVX-512's 32 vector
+ * registers (the x86-64-v4 clone), and in 32-byte vectors, half as many sums per tile, elsewhere:
+ * a wide tile on AVX2's 16 registers spills at every step (measured on a Zen 3 VM: the panels
+ * product 7x slower than with no panels at all, step()'s rows_dot a tenth of the FMA rate). The
+ * two tiles add the same products in the same order wherever a sum's terms do not depend on the
+ * vector width (panels, strips); rows_dot's lanes do, so its sums round differently on the two.
+ */
+static inline int cgru_wide_tiles(void)
+{
+#if defined(CGRU_MULTIVERSION)
+    static int wide = -1;  /* the CPU does not change: asked once */
+    if (wide < 0) wide = __builtin_cpu_supports("x86-64-v4");
+    return wide;
+#elif defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
 /* Integer vectors of the same lane widths, for shuffles */
 typedef int32_t cgru_lanes_f32 __attribute__((vector_size(64)));
 typedef int64_t cgru_lanes_f64 __attribute__((vector_size(64)));
