@@ -135,6 +135,78 @@ static inline __attribute__((always_inline)) FN(cgru_vec) FN(sum_each)(FN(cgru_v
     return sums;
 }
 
+/* sum_each for narrow tiles (simd.h): lane i of the result = the sum of acc[i]'s lanes, for the
+ * HL = 32 / sizeof(REAL) half vectors at acc, in the same rounds. */
+static inline __attribute__((always_inline)) FN(cgru_half) FN(sum_each_half)(FN(cgru_half) *acc)
+{
+    typedef FN(cgru_half) vec;
+    typedef FN(cgru_half_lanes) lanes;
+    enum { HL = 32 / sizeof(REAL) };
+#if CGRU_DOUBLE
+    static const lanes low[2] = {{0, 1, 4, 5}, {0, 4, 2, 6}};
+    static const lanes high[2] = {{2, 3, 6, 7}, {1, 5, 3, 7}};
+    static const lanes reversed = {0, 2, 1, 3};
+#else
+    static const lanes low[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13},
+                                 {0, 8, 2, 10, 4, 12, 6, 14}};
+    static const lanes high[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15},
+                                  {1, 9, 3, 11, 5, 13, 7, 15}};
+    static const lanes reversed = {0, 4, 2, 6, 1, 5, 3, 7};
+#endif
+#if defined(__clang__) || !defined(__GNUC__)
+    (void)low, (void)high, (void)reversed;
+    vec sums;
+    for (int i = 0; i < HL; i++) {
+        vec a = acc[i];
+        for (int h = HL / 2; h >= 1; h /= 2)
+            for (int j = 0; j < h; j++) a[j] += a[j + h];
+        sums[i] = a[0];
+    }
+#else
+    for (int round = 0, count = HL; count > 1; round++, count /= 2)
+        for (int i = 0; i < count / 2; i++)
+            acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +
+                     __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);
+    vec sums = __builtin_shuffle(acc[0], reversed);
+#endif
+    return sums;
+}
+
+/* rows_dot in narrow tiles (simd.h): blocks of 8 rows, one 32-byte sum each, so that the eight
+ * chains of multiply-adds and the vector of v fit AVX2's 16 registers. */
+static inline __attribute__((always_inline)) void FN(rows_dot_narrow)(REAL *out, const REAL *w,
+                                                                       const REAL *v, int N, int K)
+{
+    typedef FN(cgru_half) vec;
+    enum { HL = 32 / sizeof(REAL) };
+    const int K_vec = K / HL * HL;
+    int n = 0;
+    for (; n + 8 <= N; n += 8) {
+        const REAL *r = w + (long)n * K;  /* (8, K), contiguous */
+        vec acc[8];
+        for (int i = 0; i < 8; i++) acc[i] = (vec){0};
+        for (int k = 0; k < K_vec; k += HL) {
+            const vec vk = *(const vec *)(v + k);
+            for (int i = 0; i < 8; i++) acc[i] += *(const vec *)(r + i * (long)K + k) * vk;
+        }
+        for (int i = 0; i < 8; i += HL) {
+            vec sums = FN(sum_each_half)(acc + i);
+            for (int j = 0; j < HL; j++)
+                for (int k = K_vec; k < K; k++) sums[j] += r[(i + j) * (long)K + k] * v[k];
+            *(vec *)(out + n + i) = sums;
+        }
+    }
+    for (; n < N; n++) {
+        const REAL *row = w + (long)n * K;
+        vec part = (vec){0};
+        for (int k = 0; k < K_vec; k += HL) part += *(const vec *)(row + k) * *(const vec *)(v + k);
+        REAL total = 0;
+        for (int i = 0; i < HL; i++) total += part[i];
+        for (int k = K_vec; k < K; k++) total += row[k] * v[k];
+        out[n] = total;
+    }
+}
+
 /*
  * out (N) = w (N, K) v (K): one batch row of the ROWS kernel. Each block of VL rows leaves one
  * vector of partial sums per row, which sum_each adds up all at once. Leftover rows (N % VL) take
@@ -144,6 +216,10 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
 {
     typedef FN(cgru_vec) vec;
     enum { VL = 64 / sizeof(REAL) };
+    if (!cgru_wide_tiles()) {
+        FN(rows_dot_narrow)(out, w, v, N, K);
+        return;
+    }
     const int K_vec = K / VL * VL;
     int n = 0;
     for (; n + VL <= N; n += VL) {
@@ -293,7 +369,8 @@ static inline __attribute__((always_inline)) void strips_store(
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
  * groups of strips (strip[g] the group's g-th strip from the chunk's first pair, col[g] and
  * cols[g] its columns of C); TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
- * sums.
+ * sums. group_one, group_two and group_wide (strips per tile of one, two, and three or four
+ * rows) are in scope where it is used.
  */
 #define STRIPS_LOOPS(TILE)                                                                      \
     const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
@@ -306,8 +383,7 @@ static inline __attribute__((always_inline)) void strips_store(
         for (int p0 = 0; p0 < n_pairs; p0 += STRIP_CHUNK_PAIRS) {                              \
             const int chunk = n_pairs - p0 < STRIP_CHUNK_PAIRS ? n_pairs - p0 : STRIP_CHUNK_PAIRS; \
             strips_pairs_of(pairs, STRIP_CHUNK_PAIRS, A + (long)m * lda, lda, rows, p0, chunk, K); \
-            const int most = rows == 1 ? STRIP_GROUP_ONE                                       \
-                             : rows == 2 ? STRIP_GROUP : STRIP_GROUP_WIDE;                     \
+            const int most = rows == 1 ? group_one : rows == 2 ? group_two : group_wide;       \
             for (int s = 0; s < n_strips; s += most) {                                         \
                 const int group = n_strips - s < most ? n_strips - s : most;                   \
                 const uint16_t *strip[STRIP_GROUP_ONE];                                        \
@@ -360,11 +436,59 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
         for (int g = 0; g < group; g++) sums[i][g] = acc[i][g];
 }
 
+/* Narrow tiles (simd.h): each strip's sums take two 32-byte registers, so a tile holds at most
+ * 12 of those, a third of the wide tiles' strips; the sums come out the same. */
+#define STRIP_NARROW_ONE 6
+#define STRIP_NARROW_TWO 3
+#define STRIP_NARROW_WIDE 1
+
+/* strips_tile_widened in narrow tiles: each strip's 16 units as two 32-byte halves of 8 */
+static inline __attribute__((always_inline)) void strips_tile_narrow(
+    int rows, int group, const uint16_t *const *strip, const uint32_t *pairs, int chunk,
+    cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
+{
+    typedef uint32_t half_pairs __attribute__((vector_size(32), aligned(2), __may_alias__));
+    cgru_half_f32 acc[STRIP_TILE_ROWS][STRIP_GROUP_ONE][2];
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) acc[i][g][0] = acc[i][g][1] = (cgru_half_f32){0};
+    for (int p = 0; p < chunk; p++) {
+        float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
+        for (int i = 0; i < rows; i++) {
+            union { uint32_t u; float f; } hi = {pairs[i * STRIP_CHUNK_PAIRS + p] & 0xffff0000u},
+                                           lo = {pairs[i * STRIP_CHUNK_PAIRS + p] << 16};
+            odd[i] = hi.f, even[i] = lo.f;
+        }
+        for (int g = 0; g < group; g++)
+            for (int e = 0; e < 2; e++) {
+                const half_pairs w = *(const half_pairs *)(strip[g] + 32L * p + 16 * e);
+                const cgru_half_f32 w_odd = (cgru_half_f32)(w & 0xffff0000u);
+                const cgru_half_f32 w_even = (cgru_half_f32)(w << 16);
+                for (int i = 0; i < rows; i++) {
+                    acc[i][g][e] += w_odd * odd[i];
+                    acc[i][g][e] += w_even * even[i];
+                }
+            }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int g = 0; g < group; g++) {
+            memcpy(&sums[i][g], &acc[i][g][0], 32);
+            memcpy((char *)&sums[i][g] + 32, &acc[i][g][1], 32);
+        }
+}
+
 CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
                                      const uint16_t *strip0, long gate_stride, int gate_cols,
                                      int M, int N, int K)
 {
-    STRIPS_LOOPS(strips_tile_widened)
+    if (cgru_wide_tiles()) {
+        const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP;
+        const int group_wide = STRIP_GROUP_WIDE;
+        STRIPS_LOOPS(strips_tile_widened)
+    } else {
+        const int group_one = STRIP_NARROW_ONE, group_two = STRIP_NARROW_TWO;
+        const int group_wide = STRIP_NARROW_WIDE;
+        STRIPS_LOOPS(strips_tile_narrow)
+    }
 }
 
 #ifdef CGRU_HAVE_BF16_DOT
@@ -397,6 +521,7 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
                                              const uint16_t *strip0, long gate_stride,
                                              int gate_cols, int M, int N, int K)
 {
+    const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP, group_wide = STRIP_GROUP_WIDE;
     STRIPS_LOOPS(strips_tile_dot)
 }
 #endif
