@@ -60,7 +60,8 @@ def info() -> "dict[str, object]":
     OpenMP specification the compiler implements), openmp_runtime and openmp_runtime_path (the
     runtime library the engine is bound to), fork_keeps_threads; kernels (the instruction set
     the CPU dispatch chose for the gate kernels), recurrent_product (how the per-step
-    products run: packed panels on AVX-512 CPUs, else on the weights as they lie) and
+    products run: packed panels on CPUs with AVX2 and FMA or AVX-512, else on the weights as
+    they lie, and in which register tiles) and
     bfloat16_product (how a quantized GRU's bfloat16 weights are multiplied); threads, cpus_available,
     blas, blas_threads_controlled, blas_kernel (the OpenBLAS kernel SciPy's BLAS runs, the best
     this CPU supports, and whether an environment variable holds it below). Facts that an extension built before they were recorded
@@ -75,6 +76,7 @@ def info() -> "dict[str, object]":
     date = getattr(_engine, "OPENMP_DATE", 0)
     runtime_path = _openmp_library() if openmp else None
     panels = getattr(_engine, "panels_active", None)
+    tiles = getattr(_engine, "register_tiles", None)
     kernels = getattr(_engine, "kernel_isa", None)
     bf16 = getattr(_engine, "bf16_kernel", None)
     return {
@@ -90,8 +92,9 @@ def info() -> "dict[str, object]":
         "fork_keeps_threads": _engine.fork_keeps_threads(),
         "kernels": kernels() if kernels else None,
         "recurrent_product": (None if panels is None else
-                              "packed panels" if panels() else
-                              "unpacked (one row, two rows at a time, or BLAS GEMM by batch)"),
+                              ("packed panels" if panels() else
+                               "unpacked (one row, two rows at a time, or BLAS GEMM by batch)")
+                              + (f", {tiles()}" if tiles else "")),
         "bfloat16_product": bf16() if bf16 else None,
         "threads": _engine.get_num_threads(),
         "cpus_available": _engine.cpus_available(),

@@ -40,6 +40,7 @@ cdef extern from "cgru.h":
     void cgru_set_num_threads(int) nogil
     void cgru_set_panels_mode(int) nogil
     int cgru_panels_active() nogil
+    const char *cgru_register_tiles() nogil
     const char *cgru_kernel_isa() nogil
     void cgru_set_bf16_dot_mode(int) nogil
     const char *cgru_bf16_kernel() nogil
@@ -287,8 +288,15 @@ def set_panels_mode(int mode):
 
 
 def panels_active():
-    """True when the per-step products run on packed panels now (AVX-512 CPUs), else BLAS."""
+    """True when the sequence loop's per-step products run on packed panels now (CPUs with AVX2
+    and FMA, or AVX-512), else on the weights as they lie."""
     return bool(cgru_panels_active())
+
+
+def register_tiles():
+    """The register tiles the product kernels use on this CPU: 64-byte vectors (AVX-512) or
+    32-byte ones."""
+    return cgru_register_tiles().decode()
 
 
 def bf16_strips_size(Py_ssize_t H):

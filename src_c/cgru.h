@@ -62,13 +62,16 @@ void cgru_set_solo_test(int pass);
 
 /* ---- One layer, one direction (layer.c) ------------------------------------------------------ */
 
-/* The per-step products run on W_hh packed into panels (panels.h) where the CPU has AVX-512,
- * else on BLAS. cgru_set_panels_mode overrides that choice for the process (-1: follow the CPU,
+/* The per-step products of the sequence loop run on W_hh packed into panels (panels.h) where
+ * the CPU has AVX2 and FMA or AVX-512, else on the weights as they lie (product.h). cgru_set_panels_mode overrides that choice for the process (-1: follow the CPU,
  * 0: BLAS, 1: panels), for tests and comparisons. */
 void cgru_set_panels_mode(int mode);
 /* 1 when the per-step products now run on panels: the mode above, else whether the CPU has
- * AVX-512 (panels.h) */
+ * AVX2 and FMA (product.h) */
 int cgru_panels_active(void);
+/* The register tiles the product kernels hold their sums in on this CPU (simd.h): 64-byte
+ * vectors with AVX-512's 32 registers, else 32-byte ones. */
+const char *cgru_register_tiles(void);
 /* How bfloat16 weights are multiplied: AVX512_BF16's dot product where the CPU has it, else
  * widened to float32 in registers; cgru_set_bf16_dot_mode overrides it (-1: follow the CPU,
  * 0: widen, 1: the dot product where the CPU has it), for tests and comparisons. */

@@ -41,14 +41,20 @@ void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode >
 
 int cgru_panels_active(void) { return cgru_panels_preferred(); }
 
+const char *cgru_register_tiles(void)
+{
+    return cgru_wide_tiles() ? "64-byte register tiles (AVX-512)" : "32-byte register tiles";
+}
+
 int cgru_bf16_dot_mode = -1;
 
 void cgru_set_bf16_dot_mode(int mode) { cgru_bf16_dot_mode = mode < 0 ? -1 : (mode > 0); }
 
 const char *cgru_bf16_kernel(void)
 {
-    return cgru_bf16_dot_preferred() ? "AVX512_BF16 dot products (vdpbf16ps)"
-                                     : "widened to float32 in registers";
+    if (cgru_bf16_dot_preferred()) return "AVX512_BF16 dot products (vdpbf16ps)";
+    return cgru_wide_tiles() ? "widened to float32 in 64-byte register tiles"
+                             : "widened to float32 in 32-byte register tiles";
 }
 
 const char *cgru_kernel_isa(void)
