@@ -5,9 +5,9 @@
  *
  * The kernels, and when each is the one to take:
  *   PANELS  the weights packed once per call into column panels (panels.h), then a register
- *           tile of up to 4 rows x 96 columns. The fastest wherever the call can pack (the
- *           sequence loop packs W_hh before its first step) and the CPU has AVX-512's 32 vector
- *           registers.
+ *           tile of up to 4 rows x 96 columns (12 sums in 32-byte vectors without AVX-512:
+ *           simd.h). The fastest wherever the call can pack (the sequence loop packs W_hh before
+ *           its first step) and the CPU has AVX2 and FMA or more.
  *   ROWS    the weights as they lie, (N, K) with rows the output units; one batch row at a time
  *           as N dot products summed by one transposing reduction (rows_dot). Each batch row
  *           reads the weights once more: taken for one row, and up to CGRU_ROWS_MAX_BATCH rows
