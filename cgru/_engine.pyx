@@ -41,6 +41,7 @@ cdef extern from "cgru.h":
     void cgru_set_panels_mode(int) nogil
     int cgru_panels_active() nogil
     const char *cgru_register_tiles() nogil
+    void cgru_set_tiles_mode(int) nogil
     const char *cgru_kernel_isa() nogil
     void cgru_set_bf16_dot_mode(int) nogil
     const char *cgru_bf16_kernel() nogil
@@ -291,6 +292,11 @@ def panels_active():
     """True when the sequence loop's per-step products run on packed panels now (CPUs with AVX2
     and FMA, or AVX-512), else on the weights as they lie."""
     return bool(cgru_panels_active())
+
+
+def set_tiles_mode(int mode):
+    """Register tiles of 64-byte vectors (1), of 32-byte ones (0), or as the CPU suggests (-1)."""
+    cgru_set_tiles_mode(mode)
 
 
 def register_tiles():

@@ -70,7 +70,10 @@ void cgru_set_panels_mode(int mode);
  * AVX2 and FMA (product.h) */
 int cgru_panels_active(void);
 /* The register tiles the product kernels hold their sums in on this CPU (simd.h): 64-byte
- * vectors with AVX-512's 32 registers, else 32-byte ones. */
+ * vectors with AVX-512's 32 registers, else 32-byte ones. cgru_set_tiles_mode overrides it
+ * (-1: follow the CPU, 0: narrow, 1: wide; either runs on any CPU, the wrong one slowly), for
+ * tests and comparisons. */
+void cgru_set_tiles_mode(int mode);
 const char *cgru_register_tiles(void);
 /* How bfloat16 weights are multiplied: AVX512_BF16's dot product where the CPU has it, else
  * widened to float32 in registers; cgru_set_bf16_dot_mode overrides it (-1: follow the CPU,

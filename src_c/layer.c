@@ -41,6 +41,10 @@ void cgru_set_panels_mode(int mode) { cgru_panels_mode = mode < 0 ? -1 : (mode >
 
 int cgru_panels_active(void) { return cgru_panels_preferred(); }
 
+int cgru_tiles_mode = -1;
+
+void cgru_set_tiles_mode(int mode) { cgru_tiles_mode = mode < 0 ? -1 : (mode > 0); }
+
 const char *cgru_register_tiles(void)
 {
     return cgru_wide_tiles() ? "64-byte register tiles (AVX-512)" : "32-byte register tiles";

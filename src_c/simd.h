@@ -42,8 +42,11 @@ typedef int64_t cgru_half_lanes_f64 __attribute__((vector_size(32)));
  * two tiles add the same products in the same order wherever a sum's terms do not depend on the
  * vector width (panels, strips); rows_dot's lanes do, so its sums round differently on the two.
  */
+extern int cgru_tiles_mode;  /* cgru_set_tiles_mode (cgru.h): -1 follows the CPU, 0 narrow, 1 wide */
+
 static inline int cgru_wide_tiles(void)
 {
+    if (cgru_tiles_mode >= 0) return cgru_tiles_mode;
 #if defined(CGRU_MULTIVERSION)
     static int wide = -1;  /* the CPU does not change: asked once */
     if (wide < 0) wide = __builtin_cpu_supports("x86-64-v4");

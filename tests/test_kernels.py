@@ -1,11 +1,13 @@
 """Every kernel of the per-step products (src_c/product.h) gives the reference's results.
 
 The time loop multiplies by W_hh either on panels packed once per call (the default on CPUs with
-AVX-512) or on the weights as they lie (elsewhere), where the batch and the size of W_hh pick one
-row at a time, two rows at a time, or BLAS; step() never packs. Both modes are forced here in
-turn, on shapes that reach every kernel and the edges of the panel product: batches around its
-four-row tile, hidden sizes around its panel width and the thread slices, W_hh on both sides of
-the 512 KB that product.h counts as cached, and all four gate layouts (reset_after x training).
+AVX2 or AVX-512) or on the weights as they lie (elsewhere), where the batch and the size of W_hh
+pick one row at a time, two rows at a time, or BLAS; step() never packs. The kernels hold their
+sums in wide register tiles (64-byte vectors, for AVX-512) or narrow ones (32-byte, for AVX2).
+Every pairing is forced here in turn, whatever this CPU has, on shapes that reach every kernel and
+the edges of the panel product: batches around its tiles' rows, hidden sizes around its panel
+width and the thread slices, W_hh on both sides of the 512 KB that product.h counts as cached, and
+all four gate layouts (reset_after x training).
 """
 import numpy as np
 import pytest
@@ -14,14 +16,22 @@ import cgru
 from cgru import _engine
 from conftest import assert_close, run_engine_and_reference
 
-PATHS = {"panels": 1, "blas": 0}
+# (panels mode, tiles mode) of each path: see _engine.set_panels_mode and set_tiles_mode
+PATHS = {"panels, wide tiles": (1, 1), "panels, narrow tiles": (1, 0),
+         "unpacked, wide tiles": (0, 1), "unpacked, narrow tiles": (0, 0)}
+
+
+def use_path(path):
+    panels, tiles = PATHS[path] if path else (-1, -1)  # None: back to following the CPU
+    _engine.set_panels_mode(panels)
+    _engine.set_tiles_mode(tiles)
 
 
 @pytest.fixture(params=sorted(PATHS))
 def product_path(request):
-    _engine.set_panels_mode(PATHS[request.param])
+    use_path(request.param)
     yield request.param
-    _engine.set_panels_mode(-1)
+    use_path(None)
 
 
 @pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8, 9, 13])
@@ -48,21 +58,39 @@ def test_each_path_matches_the_reference_in_float32_on_a_large_layer(product_pat
         assert_close(engine[name], ref[name], "float32", what=f"{product_path}: {name}")
 
 
-def test_the_two_paths_agree_with_each_other_in_float64():
+def training_results(gru, x, path):
+    """y, h_n, dx, dh0 and every gradient of one training step on `path`."""
+    use_path(path)
+    try:
+        gru.zero_grad()
+        y, h_n = gru(x)
+        dx, dh0 = gru.backward(np.ones_like(y))
+        return [y, h_n, dx, dh0] + [g.copy() for g in gru.grads.values()]
+    finally:
+        use_path(None)
+
+
+def test_the_paths_agree_with_each_other_in_float64():
     gru = cgru.GRU(6, 45, num_layers=2, dtype="float64", seed=1)
     x = np.random.default_rng(0).standard_normal((8, 6, 6))
-    results = {}
-    for path, mode in PATHS.items():
-        _engine.set_panels_mode(mode)
-        try:
-            gru.zero_grad()
-            y, h_n = gru(x)
-            dx, dh0 = gru.backward(np.ones_like(y))
-            results[path] = [y, h_n, dx, dh0] + [g.copy() for g in gru.grads.values()]
-        finally:
-            _engine.set_panels_mode(-1)
-    for a, b in zip(results["panels"], results["blas"]):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    results = {path: training_results(gru, x, path) for path in PATHS}
+    for path in PATHS:
+        for a, b in zip(results[path], results["unpacked, wide tiles"]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 7])
+def test_wide_and_narrow_panels_give_the_same_bits(dtype, B):
+    """Both tiles add each sum's products in the order of k: a training step's every result is
+    the same to the bit, whatever the rows of the last tile and across the last panel's edge."""
+    cgru.set_num_threads(2)
+    gru = cgru.GRU(5, 131, num_layers=2, dtype=dtype, seed=B)
+    x = np.random.default_rng(B).standard_normal((6, B, 5)).astype(dtype)
+    wide = training_results(gru, x, "panels, wide tiles")
+    narrow = training_results(gru, x, "panels, narrow tiles")
+    for a, b in zip(wide, narrow):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_backward_runs_on_more_threads_than_its_forward():

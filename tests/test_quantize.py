@@ -306,8 +306,11 @@ def test_quantize_changes_only_the_recurrent_weights_and_returns_the_gru():
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_the_avx512_bf16_and_the_widening_kernels_give_the_same_outputs(bf16_dot_mode, H,
                                                                         reset_after):
-    """Mode 1 takes AVX512_BF16's dot product where the CPU has it, mode 0 always widens; on a
-    CPU without AVX512_BF16 both are the widening kernel."""
+    """Dot mode 1 takes AVX512_BF16's dot product where the CPU has it, mode 0 always widens; on
+    a CPU without AVX512_BF16 both are the widening kernel, which holds its sums in wide or in
+    narrow register tiles (tiles mode 1 or 0) and gives the same bits in both. (step()'s float32
+    product by W_ih, rows_dot, sums in another order in narrow tiles: its results are compared
+    within one tiles mode.)"""
     cgru.set_num_threads(2)
     gru = cgru.GRU(6, H, num_layers=2, reset_after=reset_after, seed=H).quantize("bfloat16")
     bi = cgru.GRU(6, H, bidirectional=True, reset_after=reset_after, seed=H).quantize("bfloat16")
@@ -315,17 +318,25 @@ def test_the_avx512_bf16_and_the_widening_kernels_give_the_same_outputs(bf16_dot
     x = rng.standard_normal((9, 9, 6)).astype(np.float32)
     h = rng.uniform(-1, 1, (2, 9, H)).astype(np.float32)
     results = {}
-    for mode in (0, 1):
-        bf16_dot_mode(mode)
-        if mode == 0:
-            assert "widened" in _engine.bf16_kernel()
-        elif cpu_has_avx512_bf16():
-            assert "AVX512_BF16" in _engine.bf16_kernel()
-        results[mode] = [gru(x[:, :1])[0], gru(x[:, :3])[0], gru(x)[0],
-                         bi(x, lengths=np.arange(1, 10))[0], gru.step(x[0, :1], h[:, :1]),
-                         gru.step(x[0], h)]
-    for a, b in zip(results[0], results[1]):
-        np.testing.assert_array_equal(a, b)
+    try:
+        for dot, tiles in [(1, 1), (0, 1), (1, 0), (0, 0)]:
+            bf16_dot_mode(dot)
+            _engine.set_tiles_mode(tiles)
+            if dot == 0:
+                assert "widened" in _engine.bf16_kernel()
+                assert ("64-byte" if tiles else "32-byte") in _engine.bf16_kernel()
+            elif cpu_has_avx512_bf16():
+                assert "AVX512_BF16" in _engine.bf16_kernel()
+            results[dot, tiles] = [gru(x[:, :1])[0], gru(x[:, :3])[0], gru(x)[0],
+                                   bi(x, lengths=np.arange(1, 10))[0],
+                                   gru.step(x[0, :1], h[:, :1]), gru.step(x[0], h)]
+    finally:
+        _engine.set_tiles_mode(-1)
+    for tiles in (1, 0):
+        for a, b in zip(results[0, tiles], results[1, tiles]):
+            np.testing.assert_array_equal(a, b, err_msg=f"tiles mode {tiles}")
+    for a, b in zip(results[0, 1][:4], results[0, 0][:4]):
+        np.testing.assert_array_equal(a, b, err_msg="wide and narrow tiles")
 
 
 # ---- accuracy ---------------------------------------------------------------------------------
