@@ -48,9 +48,7 @@ static inline int cgru_wide_tiles(void)
 {
     if (cgru_tiles_mode >= 0) return cgru_tiles_mode;
 #if defined(CGRU_MULTIVERSION)
-    static int wide = -1;  /* the CPU does not change: asked once */
-    if (wide < 0) wide = __builtin_cpu_supports("x86-64-v4");
-    return wide;
+    return __builtin_cpu_supports("x86-64-v4");  /* a few bit tests of what libgcc read at load */
 #elif defined(__AVX512F__)
     return 1;
 #else
