@@ -82,6 +82,33 @@ CGRU_KERNEL void FN(small_matmul_wt)(REAL *out, int ldo, const REAL *in, int ldi
     }
 }
 
+#ifndef SUM_EACH_ROUNDS
+/* The body of sum_each and sum_each_half, after their tables low, high and reversed: the sums
+ * of the VL vectors at acc (of type vec), returned. */
+#if defined(__clang__) || !defined(__GNUC__)
+/* no __builtin_shuffle (clang): the same sums lane by lane, in the same order (each round adds
+ * lane j + h to lane j, h = VL/2 .. 1), so the results are bitwise equal */
+#define SUM_EACH_ROUNDS(VL)                                                                    \
+    (void)low, (void)high, (void)reversed;                                                     \
+    vec sums;                                                                                  \
+    for (int i = 0; i < (VL); i++) {                                                           \
+        vec a = acc[i];                                                                        \
+        for (int h = (VL) / 2; h >= 1; h /= 2)                                                 \
+            for (int j = 0; j < h; j++) a[j] += a[j + h];                                      \
+        sums[i] = a[0];                                                                        \
+    }                                                                                          \
+    return sums;
+#else
+#define SUM_EACH_ROUNDS(VL)                                                                    \
+    for (int round = 0, count = (VL); count > 1; round++, count /= 2)                          \
+        for (int i = 0; i < count / 2; i++)                                                    \
+            acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +               \
+                     __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);               \
+    const vec sums = __builtin_shuffle(acc[0], reversed);                                      \
+    return sums;
+#endif
+#endif
+
 /*
  * Lane i of the result = the sum of acc[i]'s lanes, for VL accumulators at once: log2(VL) rounds
  * that each halve the vectors by adding the two halves of every pair's lanes, so VL sums cost
@@ -114,25 +141,7 @@ static inline __attribute__((always_inline)) FN(cgru_vec) FN(sum_each)(FN(cgru_v
         {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
     static const lanes reversed = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 #endif
-#if defined(__clang__) || !defined(__GNUC__)
-    /* no __builtin_shuffle (clang): the same sums lane by lane, in the same order (each
-     * round adds lane j + h to lane j, h = VL/2 .. 1), so the results are bitwise equal */
-    (void)low, (void)high, (void)reversed;
-    vec sums;
-    for (int i = 0; i < VL; i++) {
-        vec a = acc[i];
-        for (int h = VL / 2; h >= 1; h /= 2)
-            for (int j = 0; j < h; j++) a[j] += a[j + h];
-        sums[i] = a[0];
-    }
-#else
-    for (int round = 0, count = VL; count > 1; round++, count /= 2)
-        for (int i = 0; i < count / 2; i++)
-            acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +
-                     __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);
-    vec sums = __builtin_shuffle(acc[0], reversed);
-#endif
-    return sums;
+    SUM_EACH_ROUNDS(VL)
 }
 
 /* sum_each for narrow tiles (simd.h): lane i of the result = the sum of acc[i]'s lanes, for the
@@ -153,23 +162,7 @@ static inline __attribute__((always_inline)) FN(cgru_half) FN(sum_each_half)(FN(
                                   {1, 9, 3, 11, 5, 13, 7, 15}};
     static const lanes reversed = {0, 4, 2, 6, 1, 5, 3, 7};
 #endif
-#if defined(__clang__) || !defined(__GNUC__)
-    (void)low, (void)high, (void)reversed;
-    vec sums;
-    for (int i = 0; i < HL; i++) {
-        vec a = acc[i];
-        for (int h = HL / 2; h >= 1; h /= 2)
-            for (int j = 0; j < h; j++) a[j] += a[j + h];
-        sums[i] = a[0];
-    }
-#else
-    for (int round = 0, count = HL; count > 1; round++, count /= 2)
-        for (int i = 0; i < count / 2; i++)
-            acc[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], low[round]) +
-                     __builtin_shuffle(acc[2 * i], acc[2 * i + 1], high[round]);
-    vec sums = __builtin_shuffle(acc[0], reversed);
-#endif
-    return sums;
+    SUM_EACH_ROUNDS(HL)
 }
 
 /* rows_dot in narrow tiles (simd.h): blocks of 8 rows, one 32-byte sum each, so that the eight
