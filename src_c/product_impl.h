@@ -165,10 +165,11 @@ static inline __attribute__((always_inline)) FN(cgru_half) FN(sum_each_half)(FN(
     SUM_EACH_ROUNDS(HL)
 }
 
-/* rows_dot in narrow tiles (simd.h): blocks of 8 rows, one 32-byte sum each, so that the eight
- * chains of multiply-adds and the vector of v fit AVX2's 16 registers. */
-static inline __attribute__((always_inline)) void FN(rows_dot_narrow)(REAL *out, const REAL *w,
-                                                                       const REAL *v, int N, int K)
+/* rows_dot's blocks in narrow tiles (simd.h): 8 rows at a time, one 32-byte sum each, so that
+ * the eight chains of multiply-adds and the vector of v fit AVX2's 16 registers. Returns the rows
+ * done (N rounded down to 8); rows_dot does the rest. */
+static inline __attribute__((always_inline)) int FN(rows_dot_narrow)(REAL *out, const REAL *w,
+                                                                      const REAL *v, int N, int K)
 {
     typedef FN(cgru_half) vec;
     enum { HL = 32 / sizeof(REAL) };
@@ -189,15 +190,7 @@ static inline __attribute__((always_inline)) void FN(rows_dot_narrow)(REAL *out,
             *(vec *)(out + n + i) = sums;
         }
     }
-    for (; n < N; n++) {
-        const REAL *row = w + (long)n * K;
-        vec part = (vec){0};
-        for (int k = 0; k < K_vec; k += HL) part += *(const vec *)(row + k) * *(const vec *)(v + k);
-        REAL total = 0;
-        for (int i = 0; i < HL; i++) total += part[i];
-        for (int k = K_vec; k < K; k++) total += row[k] * v[k];
-        out[n] = total;
-    }
+    return n;
 }
 
 /*
@@ -209,13 +202,9 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
 {
     typedef FN(cgru_vec) vec;
     enum { VL = 64 / sizeof(REAL) };
-    if (!cgru_wide_tiles()) {
-        FN(rows_dot_narrow)(out, w, v, N, K);
-        return;
-    }
     const int K_vec = K / VL * VL;
-    int n = 0;
-    for (; n + VL <= N; n += VL) {
+    int n = cgru_wide_tiles() ? 0 : FN(rows_dot_narrow)(out, w, v, N, K);
+    for (; n + VL <= N && cgru_wide_tiles(); n += VL) {
         const REAL *block = w + (long)n * K;  /* (VL, K), contiguous */
         vec acc[VL];
         /* eight rows at a time, so that each vector of v loaded serves eight rows of w, in
