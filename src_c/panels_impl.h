@@ -38,6 +38,24 @@ static inline void FN(panels_pack)(REAL *packed, int K, int col0, const REAL *sr
     }
 }
 
+/* A tile's store, for both tiles: C[i, 0:cols] = (or +=) the sums acc[i][0:n] (vectors V of W
+ * elements), for each of its rows; a tile that ends past C's last column goes through `full`. */
+#define PANEL_TILE_STORE(V, W, n)                                                              \
+    for (int i = 0; i < rows; i++) {                                                           \
+        REAL *c = C + (long)i * ldc;                                                           \
+        if (cols == (n) * (W)) {                                                               \
+            for (int v = 0; v < (n); v++) {                                                    \
+                V *cv = (V *)(c + v * (W));                                                    \
+                if (accumulate) *cv += acc[i][v];                                              \
+                else *cv = acc[i][v];                                                          \
+            }                                                                                  \
+        } else {                                                                               \
+            REAL full[PANEL];                                                                  \
+            for (int v = 0; v < (n); v++) *(V *)(full + v * (W)) = acc[i][v];                  \
+            for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + full[j] : full[j];       \
+        }                                                                                      \
+    }
+
 /*
  * One tile: C[0:rows, 0:cols] (ldc) = (or +=) A[0:rows, 0:K] (lda) times one panel (K, PANEL).
  * rows is 1..TILE_ROWS and a constant where this is inlined, so the accumulators live in
@@ -59,20 +77,7 @@ static inline __attribute__((always_inline)) void FN(panels_tile)(
             for (int v = 0; v < PANEL_VECTORS; v++) acc[i][v] += b[v] * a;
         }
     }
-    for (int i = 0; i < rows; i++) {
-        REAL *c = C + (long)i * ldc;
-        if (cols == PANEL) {
-            for (int v = 0; v < PANEL_VECTORS; v++) {
-                VEC *cv = (VEC *)(c + v * VL);
-                if (accumulate) *cv += acc[i][v];
-                else *cv = acc[i][v];
-            }
-        } else {
-            REAL full[PANEL];
-            for (int v = 0; v < PANEL_VECTORS; v++) *(VEC *)(full + v * VL) = acc[i][v];
-            for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + full[j] : full[j];
-        }
-    }
+    PANEL_TILE_STORE(VEC, VL, PANEL_VECTORS);
 }
 
 /*
@@ -94,20 +99,7 @@ static inline __attribute__((always_inline)) void FN(panels_tile_narrow)(
             for (int v = 0; v < halves; v++) acc[i][v] += *(const HALF *)(bk + v * HL) * a;
         }
     }
-    for (int i = 0; i < rows; i++) {
-        REAL *c = C + (long)i * ldc;
-        if (cols == halves * HL) {
-            for (int v = 0; v < halves; v++) {
-                HALF *cv = (HALF *)(c + v * HL);
-                if (accumulate) *cv += acc[i][v];
-                else *cv = acc[i][v];
-            }
-        } else {
-            REAL full[PANEL];
-            for (int v = 0; v < halves; v++) *(HALF *)(full + v * HL) = acc[i][v];
-            for (int j = 0; j < cols; j++) c[j] = accumulate ? c[j] + full[j] : full[j];
-        }
-    }
+    PANEL_TILE_STORE(HALF, HL, halves);
 }
 
 /* Rows [m0, M) of one panel's product (cols columns) in narrow tiles of `rows` rows: chunk by
@@ -168,4 +160,5 @@ CGRU_KERNEL void FN(panels_matmul)(REAL *C, int ldc, const REAL *A, int lda, con
 #undef HALF
 #undef HL
 #undef PANEL_HALVES
+#undef PANEL_TILE_STORE
 #include "real_end.h"

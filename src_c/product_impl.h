@@ -346,15 +346,19 @@ static inline __attribute__((always_inline)) void strips_store(
 #define STRIP_CASES_WIDE(TILE, rows)                                                           \
     STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
     STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)
+/* every (rows, group) a tile of wide registers takes (STRIP_GROUP_ONE, STRIP_GROUP, STRIP_GROUP_WIDE) */
+#define STRIP_TILES_WIDE(TILE)                                                                 \
+    STRIP_CASES_ONE(TILE, 1) STRIP_CASES(TILE, 2) STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)
 
 /*
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
  * groups of strips (strip[g] the group's g-th strip from the chunk's first pair, col[g] and
  * cols[g] its columns of C); TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
- * sums. group_one, group_two and group_wide (strips per tile of one, two, and three or four
- * rows) are in scope where it is used.
+ * sums; TILES(TILE) lists a switch's cases for every (rows, group) it can take. group_one,
+ * group_two and group_wide (strips per tile of one, two, and three or four rows) are in scope
+ * where it is used.
  */
-#define STRIPS_LOOPS(TILE)                                                                      \
+#define STRIPS_LOOPS(TILE, TILES)                                                               \
     const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
     const int per_run = (run + 15) / 16, n_runs = (N + run - 1) / run;                         \
     const int n_strips = n_runs * per_run, n_pairs = (K + 1) / 2;                              \
@@ -379,10 +383,7 @@ static inline __attribute__((always_inline)) void strips_store(
                 }                                                                              \
                 cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE];                           \
                 /* rows and group as constants, so that the sums stay in registers */          \
-                switch (rows * 16 + group) {                                                   \
-                STRIP_CASES_ONE(TILE, 1) STRIP_CASES(TILE, 2)                                   \
-                STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)                             \
-                }                                                                              \
+                switch (rows * 16 + group) { TILES(TILE) }                                     \
                 strips_store(C + (long)m * ldc, ldc, rows, group, col, cols, p0 > 0, sums);    \
             }                                                                                  \
         }                                                                                      \
@@ -423,6 +424,9 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
 #define STRIP_NARROW_ONE 6
 #define STRIP_NARROW_TWO 3
 #define STRIP_NARROW_WIDE 1
+#define STRIP_TILES_NARROW(TILE)                                                               \
+    STRIP_CASES_WIDE(TILE, 1) STRIP_CASE(TILE, 2, 1) STRIP_CASE(TILE, 2, 2)                     \
+    STRIP_CASE(TILE, 2, 3) STRIP_CASE(TILE, 3, 1) STRIP_CASE(TILE, 4, 1)
 
 /* strips_tile_widened in narrow tiles: each strip's 16 units as two 32-byte halves of 8 */
 static inline __attribute__((always_inline)) void strips_tile_narrow(
@@ -465,11 +469,11 @@ CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
     if (cgru_wide_tiles()) {
         const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP;
         const int group_wide = STRIP_GROUP_WIDE;
-        STRIPS_LOOPS(strips_tile_widened)
+        STRIPS_LOOPS(strips_tile_widened, STRIP_TILES_WIDE)
     } else {
         const int group_one = STRIP_NARROW_ONE, group_two = STRIP_NARROW_TWO;
         const int group_wide = STRIP_NARROW_WIDE;
-        STRIPS_LOOPS(strips_tile_narrow)
+        STRIPS_LOOPS(strips_tile_narrow, STRIP_TILES_NARROW)
     }
 }
 
@@ -504,7 +508,7 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
                                              int gate_cols, int M, int N, int K)
 {
     const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP, group_wide = STRIP_GROUP_WIDE;
-    STRIPS_LOOPS(strips_tile_dot)
+    STRIPS_LOOPS(strips_tile_dot, STRIP_TILES_WIDE)
 }
 #endif
 #undef STRIPS_LOOPS
