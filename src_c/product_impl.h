@@ -203,8 +203,9 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
     typedef FN(cgru_vec) vec;
     enum { VL = 64 / sizeof(REAL) };
     const int K_vec = K / VL * VL;
-    int n = cgru_wide_tiles() ? 0 : FN(rows_dot_narrow)(out, w, v, N, K);
-    for (; n + VL <= N && cgru_wide_tiles(); n += VL) {
+    const int wide = cgru_wide_tiles();
+    int n = wide ? 0 : FN(rows_dot_narrow)(out, w, v, N, K);
+    for (; wide && n + VL <= N; n += VL) {
         const REAL *block = w + (long)n * K;  /* (VL, K), contiguous */
         vec acc[VL];
         /* eight rows at a time, so that each vector of v loaded serves eight rows of w, in
