@@ -266,8 +266,12 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
  *   strips_bf16_widened   any CPU: a bfloat16 is the upper half of a float32, so a strip's 16
  *                         pairs widen exactly with one mask (odd k) and one shift (even k),
  *                         then two multiply-adds.
- * A's rows go through a buffer of bfloat16 pairs (as 32-bit words), STRIP_CHUNK_PAIRS pairs of
- * k at a time; the sums of later chunks add to C.
+ * A's rows go through a buffer, STRIP_CHUNK_PAIRS pairs of k at a time (the sums of later chunks
+ * add to C), rounded once per row tile rather than once per strip: for the dot product as
+ * bfloat16 pairs (32-bit words, strips_pairs_of), for the widened tiles as the two float32 values
+ * each pair's broadcasts take (strips_halves_of), so that a widened tile spends no instruction
+ * per row and pair on taking the pair apart (at B = 128, H = 512 on AVX2 that work was as much
+ * as the multiply-adds').
  */
 /* v (16 float32 lanes) rounded to bfloat16 (cgru_f32_to_bf16), as float32 */
 static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgru_vec_f32 v)
@@ -285,6 +289,7 @@ static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgr
 #define STRIP_GROUP 8       /* of two rows */
 #define STRIP_GROUP_WIDE 6  /* of three or four rows */
 #define STRIP_CHUNK_PAIRS 256
+#define STRIP_ROW_WORDS (2 * STRIP_CHUNK_PAIRS)  /* one row's words in the buffer of A's pairs */
 
 /* pairs (rows, n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
  * bfloat16, each word the pair (2p, 2p+1) with 2p in its low half (a missing k is 0) */
@@ -312,6 +317,31 @@ static inline void strips_pairs_of(uint32_t *pairs, int words, const float *A, i
             const uint32_t low = cgru_f32_to_bf16(a[k]);
             const uint32_t high = k + 1 < K ? cgru_f32_to_bf16(a[k + 1]) : 0;
             out[p] = low | high << 16;
+        }
+    }
+}
+
+/* halves (rows, 2 n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
+ * bfloat16, as float32 bits: word 2p the pair's odd k, word 2p + 1 its even k (the order the
+ * widened tiles add them in; a missing k is 0) */
+static inline void strips_halves_of(uint32_t *halves, int words, const float *A, int lda,
+                                    int rows, int p0, int n_pairs, int K)
+{
+    for (int i = 0; i < rows; i++) {
+        const float *a = A + (long)i * lda;
+        uint32_t *out = halves + (long)i * words;
+        int p = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+        static const cgru_lanes_f32 swapped = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+        for (; p + 8 <= n_pairs && 2 * (p0 + p) + 16 <= K; p += 8) {
+            const cgru_vec_f32 v = cgru_round_to_bf16(*(const cgru_vec_f32 *)(a + 2L * (p0 + p)));
+            *(cgru_pairs_bf16 *)(out + 2 * p) = (cgru_pairs_bf16)__builtin_shuffle(v, swapped);
+        }
+#endif
+        for (; p < n_pairs; p++) {
+            const int k = 2 * (p0 + p);
+            out[2 * p] = k + 1 < K ? (uint32_t)cgru_f32_to_bf16(a[k + 1]) << 16 : 0;
+            out[2 * p + 1] = (uint32_t)cgru_f32_to_bf16(a[k]) << 16;
         }
     }
 }
@@ -352,24 +382,25 @@ static inline __attribute__((always_inline)) void strips_store(
     STRIP_CASES_ONE(TILE, 1) STRIP_CASES(TILE, 2) STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)
 
 /*
- * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs`),
- * groups of strips (strip[g] the group's g-th strip from the chunk's first pair, col[g] and
- * cols[g] its columns of C); TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
+ * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs` by
+ * PREPARE: strips_pairs_of or strips_halves_of), groups of strips (strip[g] the group's g-th
+ * strip from the chunk's first pair, col[g] and cols[g] its columns of C);
+ * TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
  * sums; TILES(TILE) lists a switch's cases for every (rows, group) it can take. group_one,
  * group_two and group_wide (strips per tile of one, two, and three or four rows) are in scope
  * where it is used.
  */
-#define STRIPS_LOOPS(TILE, TILES)                                                               \
+#define STRIPS_LOOPS(TILE, TILES, PREPARE)                                                      \
     const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
     const int per_run = (run + 15) / 16, n_runs = (N + run - 1) / run;                         \
     const int n_strips = n_runs * per_run, n_pairs = (K + 1) / 2;                              \
     const long strip_elems = (long)n_pairs * 32;                                               \
-    uint32_t pairs[STRIP_TILE_ROWS * STRIP_CHUNK_PAIRS];                                       \
+    uint32_t pairs[STRIP_TILE_ROWS * STRIP_ROW_WORDS];                                         \
     for (int m = 0; m < M; m += STRIP_TILE_ROWS) {                                             \
         const int rows = M - m < STRIP_TILE_ROWS ? M - m : STRIP_TILE_ROWS;                    \
         for (int p0 = 0; p0 < n_pairs; p0 += STRIP_CHUNK_PAIRS) {                              \
             const int chunk = n_pairs - p0 < STRIP_CHUNK_PAIRS ? n_pairs - p0 : STRIP_CHUNK_PAIRS; \
-            strips_pairs_of(pairs, STRIP_CHUNK_PAIRS, A + (long)m * lda, lda, rows, p0, chunk, K); \
+            PREPARE(pairs, STRIP_ROW_WORDS, A + (long)m * lda, lda, rows, p0, chunk, K);       \
             const int most = rows == 1 ? group_one : rows == 2 ? group_two : group_wide;       \
             for (int s = 0; s < n_strips; s += most) {                                         \
                 const int group = n_strips - s < most ? n_strips - s : most;                   \
@@ -393,7 +424,7 @@ static inline __attribute__((always_inline)) void strips_store(
 /* sums over `chunk` pairs of one tile, widened: per pair and strip, a mask and a shift of the
  * strip's vector give its odd-k and even-k weights as float32 */
 static inline __attribute__((always_inline)) void strips_tile_widened(
-    int rows, int group, const uint16_t *const *strip, const uint32_t *pairs, int chunk,
+    int rows, int group, const uint16_t *const *strip, const uint32_t *halves, int chunk,
     cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
 {
     cgru_vec_f32 acc[STRIP_TILE_ROWS][STRIP_GROUP_ONE];
@@ -401,10 +432,9 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
         for (int g = 0; g < group; g++) acc[i][g] = (cgru_vec_f32){0};
     for (int p = 0; p < chunk; p++) {
         float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
-        for (int i = 0; i < rows; i++) {
-            union { uint32_t u; float f; } hi = {pairs[i * STRIP_CHUNK_PAIRS + p] & 0xffff0000u},
-                                           lo = {pairs[i * STRIP_CHUNK_PAIRS + p] << 16};
-            odd[i] = hi.f, even[i] = lo.f;
+        for (int i = 0; i < rows; i++) {  /* strips_halves_of's words, loaded as float32 */
+            memcpy(&odd[i], halves + i * STRIP_ROW_WORDS + 2 * p, sizeof(float));
+            memcpy(&even[i], halves + i * STRIP_ROW_WORDS + 2 * p + 1, sizeof(float));
         }
         for (int g = 0; g < group; g++) {
             const cgru_pairs_bf16 w = *(const cgru_pairs_bf16 *)(strip[g] + 32L * p);
@@ -431,7 +461,7 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
 
 /* strips_tile_widened in narrow tiles: each strip's 16 units as two 32-byte halves of 8 */
 static inline __attribute__((always_inline)) void strips_tile_narrow(
-    int rows, int group, const uint16_t *const *strip, const uint32_t *pairs, int chunk,
+    int rows, int group, const uint16_t *const *strip, const uint32_t *halves, int chunk,
     cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE])
 {
     typedef uint32_t half_pairs __attribute__((vector_size(32), aligned(2), __may_alias__));
@@ -440,10 +470,9 @@ static inline __attribute__((always_inline)) void strips_tile_narrow(
         for (int g = 0; g < group; g++) acc[i][g][0] = acc[i][g][1] = (cgru_half_f32){0};
     for (int p = 0; p < chunk; p++) {
         float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
-        for (int i = 0; i < rows; i++) {
-            union { uint32_t u; float f; } hi = {pairs[i * STRIP_CHUNK_PAIRS + p] & 0xffff0000u},
-                                           lo = {pairs[i * STRIP_CHUNK_PAIRS + p] << 16};
-            odd[i] = hi.f, even[i] = lo.f;
+        for (int i = 0; i < rows; i++) {  /* strips_halves_of's words, loaded as float32 */
+            memcpy(&odd[i], halves + i * STRIP_ROW_WORDS + 2 * p, sizeof(float));
+            memcpy(&even[i], halves + i * STRIP_ROW_WORDS + 2 * p + 1, sizeof(float));
         }
         for (int g = 0; g < group; g++)
             for (int e = 0; e < 2; e++) {
@@ -470,11 +499,11 @@ CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
     if (cgru_wide_tiles()) {
         const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP;
         const int group_wide = STRIP_GROUP_WIDE;
-        STRIPS_LOOPS(strips_tile_widened, STRIP_TILES_WIDE)
+        STRIPS_LOOPS(strips_tile_widened, STRIP_TILES_WIDE, strips_halves_of)
     } else {
         const int group_one = STRIP_NARROW_ONE, group_two = STRIP_NARROW_TWO;
         const int group_wide = STRIP_NARROW_WIDE;
-        STRIPS_LOOPS(strips_tile_narrow, STRIP_TILES_NARROW)
+        STRIPS_LOOPS(strips_tile_narrow, STRIP_TILES_NARROW, strips_halves_of)
     }
 }
 
@@ -494,7 +523,7 @@ static inline __attribute__((always_inline)) CGRU_BF16_TARGET void strips_tile_d
     for (int p = 0; p < chunk; p++) {
         __m512bh a[STRIP_TILE_ROWS];
         for (int i = 0; i < rows; i++)
-            a[i] = (__m512bh)_mm512_set1_epi32((int)pairs[i * STRIP_CHUNK_PAIRS + p]);
+            a[i] = (__m512bh)_mm512_set1_epi32((int)pairs[i * STRIP_ROW_WORDS + p]);
         for (int g = 0; g < group; g++) {
             const __m512bh w = (__m512bh)_mm512_loadu_si512(strip[g] + 32L * p);
             for (int i = 0; i < rows; i++) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], w, a[i]);
@@ -509,7 +538,7 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
                                              int gate_cols, int M, int N, int K)
 {
     const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP, group_wide = STRIP_GROUP_WIDE;
-    STRIPS_LOOPS(strips_tile_dot, STRIP_TILES_WIDE)
+    STRIPS_LOOPS(strips_tile_dot, STRIP_TILES_WIDE, strips_pairs_of)
 }
 #endif
 #undef STRIPS_LOOPS
