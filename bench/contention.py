@@ -25,17 +25,29 @@ def _spin(stop):
         pass
 
 
-class BusyCores:
-    """One busy process per CPU, for the duration of a with-block."""
+def _spin_in_bursts(stop, burst_s, period_s):
+    while not stop.is_set():
+        start = time.perf_counter()
+        while time.perf_counter() - start < burst_s:
+            pass
+        time.sleep(period_s - burst_s)
 
-    def __init__(self, n=None):
+
+class BusyCores:
+    """One busy process per CPU, for the duration of a with-block; with bursts=(burst, period),
+    each is busy for `burst` seconds in every `period` (a periodic daemon, a hypervisor taking
+    the CPU for a moment) instead of all the time."""
+
+    def __init__(self, n=None, bursts=None):
         self.n = n or cgru._engine.cpus_available()
+        self.bursts = bursts  # (burst, period) in seconds: busy for `burst` in every `period`
 
     def __enter__(self):
         ctx = mp.get_context("spawn")
         self.stop = ctx.Event()
-        self.procs = [ctx.Process(target=_spin, args=(self.stop,), daemon=True)
-                      for _ in range(self.n)]
+        target, args = (_spin_in_bursts, (self.stop, *self.bursts)) if self.bursts else \
+            (_spin, (self.stop,))
+        self.procs = [ctx.Process(target=target, args=args, daemon=True) for _ in range(self.n)]
         for p in self.procs:
             p.start()
         time.sleep(1.0)  # let them start spinning
@@ -108,6 +120,22 @@ def python_threads_throughput(n_python_threads, calls_each=60):
     return in_turn, together
 
 
+def interrupted_rows(calls=100):
+    """A longer forward, (100, 64, 128, 256), while each CPU is taken 1 ms in every 20: the team
+    should wait such interruptions out (barrier.h), not go on with one thread."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((100, 64, 128)).astype(np.float32)
+    gru = cgru.GRU(128, 256, seed=0).eval()
+    what = "interrupted cores (each CPU busy 1 ms in every 20), forward (100, 64, 128, 256)"
+    with BusyCores(bursts=(0.001, 0.020)):
+        one = np.median(call_times(lambda: gru(x), 1, calls))
+        stalls = cgru._engine.stalls_seen()
+        two = np.median(call_times(lambda: gru(x), 2, calls))
+        stalls = cgru._engine.stalls_seen() - stalls
+    return [(f"{what}: 2 threads / 1 thread (median)", f"{two / one:.2f}x", "<= 0.7x"),
+            (f"{what}: 2-thread calls that went on with one thread", f"{stalls} / {calls}", "")]
+
+
 def measure():
     """Every figure of the table, as a list of (what, value, target) rows."""
     cpus = cgru._engine.cpus_available()
@@ -130,6 +158,7 @@ def measure():
                              f"{np.percentile(two, 90) / base:.2f}x", "<= 1.5x"))
                 rows.append((f"busy cores, {name}: 2-thread max / 1-thread median",
                              f"{two.max() / base:.2f}x", "<= 5x"))
+        rows += interrupted_rows()
         forward = fns["forward"]
         two = np.median(call_times(forward, 2))
         many = np.median(call_times(forward, 16))
