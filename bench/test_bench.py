@@ -115,10 +115,12 @@ def settle():
     pool) stop spinning, probe the machine's state, and pause again for the probe's own threads,
     so that each implementation (and the probe) is timed on idle cores with its own threads only.
     Without the pauses the first rounds after a peer share the cores with its spinners. Returns
-    the probe (us per step)."""
+    the probe (us per step). cgru forgets its recent stalls (threads.c's one-thread back-off), so
+    that each group starts as a fresh process would, not on a back-off earned in the group before."""
     time.sleep(0.3)
     probe = handoff_probe_us()
     time.sleep(0.3)
+    cgru._engine.reset_contention()
     return probe
 
 

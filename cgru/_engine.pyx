@@ -52,6 +52,7 @@ cdef extern from "cgru.h":
     void cgru_reset_contention() nogil
     void cgru_set_cpus_override(int) nogil
     void cgru_set_solo_test(int) nogil
+    int cgru_stall_asks_ns(int, double, double) nogil
 
     ctypedef struct cgru_layer_config:
         int time_steps, batch, input_size, hidden_size
@@ -281,6 +282,13 @@ def set_cpus_override(int cpus):
 def set_solo_test(int barrier_pass):
     """Tests: every thread team goes on with its last thread alone at this barrier pass (0: off)."""
     cgru_set_solo_test(barrier_pass)
+
+
+def stall_asks(int earlier_long_waits, double lost_ms, double so_far_ms):
+    """Tests: whether a thread in a long wait at a step's barrier asks that it go on alone, with
+    `earlier_long_waits` before it in the call, `lost_ms` spent in long waits (this one so far
+    included) and the call `so_far_ms` old (src_c/barrier.h)."""
+    return bool(cgru_stall_asks_ns(earlier_long_waits, lost_ms * 1e6, so_far_ms * 1e6))
 
 
 def set_panels_mode(int mode):

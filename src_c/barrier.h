@@ -17,9 +17,10 @@
  *      woken from a futex waits for that process's time slice to end (milliseconds), and would
  *      pay that at every step.
  *   2. when the wait passes STALL_FACTOR x work (at least STALL_MIN_NS), a team-mate has been
- *      descheduled: a long wait. The waiter asks to go on alone when this is at least the call's
- *      second long wait and the long waits have cost more than STALL_SHARE of the call so far
- *      (counted over at least STALL_WINDOW_NS): other processes are then sharing the cores.
+ *      descheduled: a long wait (one per pass, however many threads wait in it). The waiter asks
+ *      to go on alone when this is at least the call's second long wait and the long waits have
+ *      cost more than STALL_SHARE of the time loop so far (counted over at least
+ *      STALL_WINDOW_NS): other processes are then sharing the cores.
  *      Short, sparse ones are hiccups (a virtual CPU woken from idle, the hypervisor taking the
  *      CPU for a moment: measured on the 2-core development VM, 100-350 gaps of 0.1-7 ms per
  *      second and CPU, 2-5 % of its time, with nothing else running), and waiting them out keeps
@@ -91,9 +92,11 @@ typedef struct {
     _Alignas(64) atomic_uint release;   /* futex word: generation << 16 | 1 + the survivor, or 0 */
     atomic_int sleepers;
     atomic_int stalled;                 /* the team went on alone because a thread was late */
-    atomic_int long_waits;              /* waits past the stall threshold in this call */
-    _Atomic uint64_t lost;              /* ticks the team spent in finished long waits */
-    uint64_t began;                     /* ticks when the call's loop began */
+    atomic_int long_waits;              /* passes with a wait past the stall threshold */
+    atomic_uint long_pass;              /* 1 + the generation of the last such pass */
+    _Atomic uint64_t lost;              /* ticks of wall time in finished long waits: each of
+                                           the team - 1 waiters of a pass adds its share */
+    uint64_t began;                     /* ticks when the time loop began */
     atomic_int passes;                  /* barriers passed, for the test hook */
 } cgru_barrier;
 
@@ -111,6 +114,7 @@ static inline void cgru_barrier_init(cgru_barrier *bar)
     atomic_init(&bar->sleepers, 0);
     atomic_init(&bar->stalled, 0);
     atomic_init(&bar->long_waits, 0);
+    atomic_init(&bar->long_pass, 0u);
     atomic_init(&bar->lost, 0);
     bar->began = cgru_ticks();
     atomic_init(&bar->passes, 0);
@@ -147,6 +151,15 @@ static inline void cgru_futex_wake_all(atomic_uint *word)
 #endif
 }
 
+/* Whether a waiter in a long wait asks to go on alone (see the top of this file): this is not the
+ * call's first long wait, and the long waits' wall time, this one's so far included (`lost`), is
+ * more than STALL_SHARE of the time loop so far (`so_far`), counted over `window` at least. Any
+ * one unit of time for all three. */
+static inline int cgru_stall_asks(int earlier_long_waits, double lost, double so_far, double window)
+{
+    return earlier_long_waits >= 1 && lost > CGRU_STALL_SHARE * (so_far > window ? so_far : window);
+}
+
 /* After a pass: 1 when this thread goes on (as the whole team's member, or alone as thread 0 of
  * a team of 1), 0 when it leaves because the team goes on without it. */
 static inline int cgru_barrier_settle(cgru_member *m, unsigned word)
@@ -160,15 +173,23 @@ static inline int cgru_barrier_settle(cgru_member *m, unsigned word)
     return 1;
 }
 
-/* Ask, once, that the asker go on alone after this pass (see the top of this file). */
+/* Ask, once, that the asker go on alone after this pass (see the top of this file); not once the
+ * last arriver has closed the pass (its count is back to 0), where the request would land in the
+ * next pass. */
 static inline void cgru_barrier_ask(cgru_barrier *bar, int me)
 {
     unsigned seen = atomic_load_explicit(&bar->arrivals, memory_order_relaxed);
-    while ((seen >> 16) == 0 &&
+    while ((seen >> 16) == 0 && (seen & 0xFFFFu) != 0 &&
            !atomic_compare_exchange_weak_explicit(&bar->arrivals, &seen,
                                                   seen | ((unsigned)(me + 1) << 16),
                                                   memory_order_relaxed, memory_order_relaxed))
         ;
+}
+
+/* Ticks from `since` to `until`, 0 where a clock read on another core is a little ahead. */
+static inline double cgru_ticks_between(uint64_t since, uint64_t until)
+{
+    return until > since ? (double)(until - since) : 0.0;
 }
 
 static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
@@ -176,7 +197,7 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
     const int team = m->team;
     if (team <= 1) return 1;
     const uint64_t arrived_at = cgru_ticks();
-    const double work = (double)(arrived_at - m->left_at);
+    const double work = cgru_ticks_between(m->left_at, arrived_at);
     const unsigned before = atomic_load_explicit(&bar->release, memory_order_acquire);
     const unsigned old = atomic_fetch_add_explicit(&bar->arrivals, 1u, memory_order_acq_rel);
     if ((int)(old & 0xFFFFu) == team - 1) {
@@ -201,22 +222,24 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
     unsigned now;
     while ((now = atomic_load_explicit(&bar->release, memory_order_acquire)) == before) {
         const uint64_t clock = cgru_ticks();
-        waited = (double)(clock - arrived_at);
+        waited = cgru_ticks_between(arrived_at, clock);
         if (waited < stall) {
             CGRU_PAUSE();
             continue;
         }
         if (!counted) {
+            /* the first waiter of this pass to get here counts the pass */
             counted = 1;
-            earlier_long_waits = atomic_fetch_add_explicit(&bar->long_waits, 1, memory_order_relaxed);
+            const unsigned pass_mark = (before >> 16) + 1u;
+            if (atomic_exchange_explicit(&bar->long_pass, pass_mark, memory_order_relaxed) != pass_mark)
+                atomic_fetch_add_explicit(&bar->long_waits, 1, memory_order_relaxed);
+            earlier_long_waits = atomic_load_explicit(&bar->long_waits, memory_order_relaxed) - 1;
         }
-        if (!asked && earlier_long_waits >= 1) {
-            double so_far = (double)(clock - bar->began);
-            double lost = (double)atomic_load_explicit(&bar->lost, memory_order_relaxed) + waited;
-            if (lost > CGRU_STALL_SHARE * (so_far > window ? so_far : window)) {
-                asked = 1;
-                cgru_barrier_ask(bar, m->me);
-            }
+        if (!asked && cgru_stall_asks(earlier_long_waits,
+                                      (double)atomic_load_explicit(&bar->lost, memory_order_relaxed) + waited,
+                                      cgru_ticks_between(bar->began, clock), window)) {
+            asked = 1;
+            cgru_barrier_ask(bar, m->me);
         }
         if (waited < nap_from) {
             CGRU_PAUSE();
@@ -227,8 +250,11 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
             cgru_futex_wait(&bar->release, before, CGRU_NAP_NS);
         atomic_fetch_sub_explicit(&bar->sleepers, 1, memory_order_relaxed);
     }
-    /* the team's time lost to this wait: each of the team - 1 waiters adds its share */
-    if (counted) atomic_fetch_add_explicit(&bar->lost, (uint64_t)(waited / (team - 1)), memory_order_relaxed);
+    /* the wall time lost to this pass: each of the team - 1 waiters adds its share */
+    if (counted) {
+        waited = cgru_ticks_between(arrived_at, cgru_ticks());
+        atomic_fetch_add_explicit(&bar->lost, (uint64_t)(waited / (team - 1)), memory_order_relaxed);
+    }
     return cgru_barrier_settle(m, now);
 }
 

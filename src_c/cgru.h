@@ -59,6 +59,8 @@ void cgru_reset_contention(void);
  * last thread alone at barrier pass `pass` (0: never). */
 void cgru_set_cpus_override(int cpus);
 void cgru_set_solo_test(int pass);
+/* Tests: barrier.h's rule for a team to go on alone, on times in nanoseconds. */
+int cgru_stall_asks_ns(int earlier_long_waits, double lost_ns, double so_far_ns);
 
 /* ---- One layer, one direction (layer.c) ------------------------------------------------------ */
 

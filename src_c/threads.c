@@ -305,3 +305,8 @@ __attribute__((constructor)) static void threads_init(void)
 }
 
 void cgru_set_solo_test(int pass) { cgru_solo_test_pass = pass > 0 ? pass : 0; }
+
+int cgru_stall_asks_ns(int earlier_long_waits, double lost_ns, double so_far_ns)
+{
+    return cgru_stall_asks(earlier_long_waits, lost_ns, so_far_ns, CGRU_STALL_WINDOW_NS);
+}

@@ -132,6 +132,23 @@ def test_a_team_that_goes_on_alone_mid_call_gives_bitwise_the_same_results(cpus,
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("earlier_long_waits, lost_ms, so_far_ms, asks", [
+    (0, 9.0, 10.0, False),    # the call's first long wait is waited out, however long
+    (1, 1.0, 40.0, False),    # hiccups: a virtual CPU woken from idle, the hypervisor's moments
+    (5, 9.0, 40.0, False),    # still under a quarter of the call
+    (1, 11.0, 40.0, True),    # over a quarter of the call: other processes share the cores
+    (1, 6.0, 12.0, True),     # a busy core's time slices: half of the call
+    (1, 2.0, 3.0, False),     # a short call: the share counts over 10 ms at least
+    (1, 2.5, 3.0, False),
+    (1, 3.0, 4.0, True),
+    (1, 10.0, 40.0, False),   # a quarter exactly
+])
+def test_a_team_goes_on_alone_when_late_threads_cost_a_quarter_of_the_call(
+        earlier_long_waits, lost_ms, so_far_ms, asks):
+    # the rule each thread applies in a long wait at a step's barrier (src_c/barrier.h)
+    assert cgru._engine.stall_asks(earlier_long_waits, lost_ms, so_far_ms) is asks
+
+
 def test_results_do_not_depend_on_how_many_threads_contention_left(cpus):
     # the cut of the work follows set_num_threads; a busy machine only lowers the threads that
     # run it, as several Python threads calling at once do
