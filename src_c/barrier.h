@@ -22,15 +22,17 @@
  *      cost more than STALL_SHARE of the time loop so far (counted over at least
  *      STALL_WINDOW_NS): other processes are then sharing the cores.
  *      Short, sparse ones are hiccups (a virtual CPU woken from idle, the hypervisor taking the
- *      CPU for a moment: measured on the 2-core development VM, 100-350 gaps of 0.1-7 ms per
- *      second and CPU, 2-5 % of its time, with nothing else running), and waiting them out keeps
- *      the team's speed; going on alone at the second of them, as an earlier rule did, ran a third
- *      of the calls of (T, B, H) = (100, 64, 256) on one thread there. The last
- *      arriver (the late thread, when it finally comes) publishes the request with the release,
- *      so every thread reads the same decision: the asker carries on with every slice of the work
- *      as thread 0 of a team of 1, and the others leave the loop. A stalled call pays a few
- *      scheduler delays instead of one per step, and threads.c runs the next calls on one thread
- *      when stalls repeat over calls.
+ *      CPU for a moment: measured on the 2-core development VM with nothing else running, 13-170
+ *      gaps over 0.1 ms per second and CPU, the longest 1-7 ms, 1.6-5.4 % of its time), and
+ *      waiting them out keeps the team's speed. Going on alone at the second of them, as an
+ *      earlier rule did, ran 9 of 47 forward calls of (T, B, I, H) = (100, 64, 128, 256) there
+ *      partly on one thread in a quiet run, and 14-33 of 100 while each CPU was busy 1 ms in every
+ *      20 (bench/contention.py), where 2 threads then ran no faster than 1 (0.98x; 0.56-0.70x with
+ *      this rule). The last arriver (the late thread, when it finally comes) publishes the request
+ *      with the release, so every thread reads the same decision: the asker carries on with every
+ *      slice of the work as thread 0 of a team of 1, and the others leave the loop. A stalled call
+ *      pays a few scheduler delays instead of one per step, and threads.c runs the next calls on
+ *      one thread when stalls repeat over calls.
  *   3. an asker spins on for up to SPIN_AFTER_ASK_NS, to be running when the late thread
  *      arrives, then sleeps on a futex in short naps (the last arriver wakes sleepers, making the
  *      system call only when someone sleeps).
@@ -231,12 +233,14 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
             /* the first waiter of this pass to get here counts the pass */
             counted = 1;
             const unsigned pass_mark = (before >> 16) + 1u;
-            if (atomic_exchange_explicit(&bar->long_pass, pass_mark, memory_order_relaxed) != pass_mark)
+            const unsigned marked = atomic_exchange_explicit(&bar->long_pass, pass_mark,
+                                                             memory_order_relaxed);
+            if (marked != pass_mark)
                 atomic_fetch_add_explicit(&bar->long_waits, 1, memory_order_relaxed);
             earlier_long_waits = atomic_load_explicit(&bar->long_waits, memory_order_relaxed) - 1;
         }
-        if (!asked && cgru_stall_asks(earlier_long_waits,
-                                      (double)atomic_load_explicit(&bar->lost, memory_order_relaxed) + waited,
+        const double lost = (double)atomic_load_explicit(&bar->lost, memory_order_relaxed) + waited;
+        if (!asked && cgru_stall_asks(earlier_long_waits, lost,
                                       cgru_ticks_between(bar->began, clock), window)) {
             asked = 1;
             cgru_barrier_ask(bar, m->me);
@@ -253,7 +257,8 @@ static inline int cgru_barrier_pass(cgru_barrier *bar, cgru_member *m)
     /* the wall time lost to this pass: each of the team - 1 waiters adds its share */
     if (counted) {
         waited = cgru_ticks_between(arrived_at, cgru_ticks());
-        atomic_fetch_add_explicit(&bar->lost, (uint64_t)(waited / (team - 1)), memory_order_relaxed);
+        const uint64_t share = (uint64_t)(waited / (team - 1));
+        atomic_fetch_add_explicit(&bar->lost, share, memory_order_relaxed);
     }
     return cgru_barrier_settle(m, now);
 }
