@@ -271,9 +271,10 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
  * bfloat16 pairs (32-bit words, strips_pairs_of), for the widened tiles as the two float32 values
  * each pair's broadcasts take (strips_halves_of), so that a widened tile spends no instruction
  * per row and pair on taking the pair apart. (Taking them apart in the tile, once per strip
- * group, cost the most at large batches: in BENCHMARKS.md's bfloat16 table on the Zen 3 VM,
- * AVX2, a whole sequence at T50-B128-H512 went from 0.65x float32's speed to 0.83x with this
- * buffer, and step() at T200-B8-H512 from 1.09x to 1.53x.)
+ * group, cost the most at large batches: BENCHMARKS.md's bfloat16 table on the Zen 3 VM, AVX2,
+ * regenerated just before and after this buffer (git show 60e1ce3:BENCHMARKS.md, and 36e594d's),
+ * has a whole sequence at T50-B128-H512 go from 0.65x float32's speed to 0.83x, and step() at
+ * T200-B8-H512 from 1.09x to 1.53x.)
  */
 /* v (16 float32 lanes) rounded to bfloat16 (cgru_f32_to_bf16), as float32 */
 static inline __attribute__((always_inline)) cgru_vec_f32 cgru_round_to_bf16(cgru_vec_f32 v)
