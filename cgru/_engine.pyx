@@ -8,6 +8,7 @@ around every C call, and turns C status codes into exceptions.
 import ctypes
 import glob
 import os
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -173,13 +174,20 @@ def _find_scipy_openblas():
 
 class _BlasThreads:
     """Caps SciPy's OpenBLAS at one thread while engine calls run, so that OpenMP alone owns the
-    cores. Entered and left with the GIL held, so the count needs no other lock; the first call
-    in saves the user's setting and the last call out restores it."""
+    cores: the first call in saves the user's setting and the last call out restores it.
 
-    def __init__(self):
+    The GIL does not make this atomic: OpenBLAS's get/set calls go through ctypes, which releases
+    the GIL, so a second Python thread could enter between the first one's check and its set and
+    run its engine call with OpenBLAS threaded (different bits) or leave the user's setting lost.
+    A lock, held across the ctypes calls, makes entering and leaving one step each.
+
+    lib: the OpenBLAS library (ctypes), or None where SciPy runs on another BLAS.
+    """
+
+    def __init__(self, lib):
         self.active = 0
         self.saved = None
-        lib = _find_scipy_openblas()
+        self.lock = threading.Lock()
         self.set_fn = self.get_fn = None
         if lib is not None:
             for prefix in ("scipy_openblas_", "openblas_"):
@@ -198,27 +206,33 @@ class _BlasThreads:
         return self.set_fn is not None
 
     def enter(self):
-        if self.active == 0 and self.set_fn is not None:
-            self.saved = self.get_fn()
-            if self.saved != 1:
-                self.set_fn(1)
-        self.active += 1
+        with self.lock:
+            if self.active == 0 and self.set_fn is not None:
+                self.saved = self.get_fn()
+                if self.saved != 1:
+                    self.set_fn(1)
+            self.active += 1
 
     def leave(self):
-        self.active -= 1
-        if self.active == 0 and self.set_fn is not None and self.saved not in (None, 1):
+        with self.lock:
+            self.active -= 1
+            if self.active == 0 and self.set_fn is not None and self.saved not in (None, 1):
+                self.set_fn(self.saved)
+
+    def after_fork_in_child(self):
+        # calls that were running in the parent's other threads do not exist here, and the lock
+        # may have been held by one of them
+        self.lock = threading.Lock()
+        if self.active and self.set_fn is not None and self.saved not in (None, 1):
             self.set_fn(self.saved)
+        self.active = 0
 
 
-_blas_threads = _BlasThreads()
+_blas_threads = _BlasThreads(_find_scipy_openblas())
 
 
 def _after_fork_in_child():
-    # calls that were running in the parent's other threads do not exist here
-    if _blas_threads.active and _blas_threads.set_fn is not None and \
-            _blas_threads.saved not in (None, 1):
-        _blas_threads.set_fn(_blas_threads.saved)
-    _blas_threads.active = 0
+    _blas_threads.after_fork_in_child()
     if cgru_fork_serial():
         import warnings
         warnings.warn("cgru: this process was forked from one whose OpenMP runtime could not be "

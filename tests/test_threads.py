@@ -1,5 +1,6 @@
 """Thread control, determinism, and concurrent use from Python threads."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -101,6 +102,48 @@ def test_two_python_threads_running_independent_grus_get_correct_results():
 
     run_in_threads(worker, 2)
     assert failures == []
+
+
+class _SlowOpenBLAS:
+    """Stands in for OpenBLAS's thread setting; each get and set gives the GIL away (as the real
+    ones do, through ctypes) for long enough that other Python threads run in between."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+        def get():
+            time.sleep(1e-4)
+            return self.threads
+
+        def set(n):
+            time.sleep(1e-4)
+            self.threads = n
+
+        # plain functions, which take the ctypes attributes (argtypes, restype) cgru sets
+        self.scipy_openblas_get_num_threads = get
+        self.scipy_openblas_set_num_threads = set
+
+
+def test_engine_calls_from_many_python_threads_run_with_blas_on_one_thread_and_restore_it():
+    # the BLAS cap is entered and left around every engine call; with Python threads entering
+    # and leaving at once, no call may run while the BLAS is threaded (its GEMMs would then cut
+    # the work differently: other bits), and the user's setting must come back at the end
+    blas = _SlowOpenBLAS(threads=4)
+    cap = cgru._engine._BlasThreads(blas)
+    assert cap.controlled
+    seen_threaded = []
+
+    def worker(i):
+        for _ in range(60):
+            cap.enter()
+            if blas.threads != 1:
+                seen_threaded.append(blas.threads)
+            time.sleep(1e-4)
+            cap.leave()
+
+    run_in_threads(worker, 4)
+    assert seen_threaded == []
+    assert blas.threads == 4 and cap.active == 0
 
 
 def test_the_engine_reports_its_openmp_build():
