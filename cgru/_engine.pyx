@@ -8,7 +8,6 @@ around every C call, and turns C status codes into exceptions.
 import ctypes
 import glob
 import os
-import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -16,6 +15,8 @@ from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint16_t
 
 cnp.import_array()
+
+from cgru._fork import ForkSafeLock
 
 cdef extern from "cgru.h":
     ctypedef enum cgru_status:
@@ -187,7 +188,7 @@ class _BlasThreads:
     def __init__(self, lib):
         self.active = 0
         self.saved = None
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()
         self.set_fn = self.get_fn = None
         if lib is not None:
             for prefix in ("scipy_openblas_", "openblas_"):
@@ -220,9 +221,8 @@ class _BlasThreads:
                 self.set_fn(self.saved)
 
     def after_fork_in_child(self):
-        # calls that were running in the parent's other threads do not exist here, and the lock
-        # may have been held by one of them
-        self.lock = threading.Lock()
+        # calls that were running in the parent's other threads do not exist here (and the lock
+        # they may have held is unlocked: cgru/_fork.py)
         if self.active and self.set_fn is not None and self.saved not in (None, 1):
             self.set_fn(self.saved)
         self.active = 0

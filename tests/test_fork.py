@@ -107,3 +107,75 @@ def test_grandchild_of_a_fork_child_still_works():
         print("exit", os.waitstatus_to_exitcode(status))
     """)
     assert "exit 0" in out
+
+
+def test_a_fork_child_trains_a_gru_whose_locks_another_thread_held_at_the_fork():
+    # a thread is inside gru.backward (adding its gradients) and inside an engine call (the BLAS
+    # cap) at the moment another thread forks: in the child that thread does not exist, and
+    # what it held must not stay held
+    out = _run("""
+        import threading
+        held, release = threading.Event(), threading.Event()
+        locks = [gru._grads_lock, cgru._engine._blas_threads.lock]
+        try:
+            import cgru.dask
+            locks.append(cgru.dask._threads_lock)
+        except ImportError:
+            pass
+
+        def holder():
+            for lock in locks:
+                lock.__enter__()
+            held.set()
+            release.wait()
+            for lock in reversed(locks):
+                lock.__exit__(None, None, None)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            gru.train()
+            y, h = gru(x)
+            gru.backward(np.ones_like(y))
+            if "cgru.dask" in sys.modules:
+                cgru.dask._set_engine_threads()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        thread.join()
+        print("child exit", os.waitstatus_to_exitcode(status), "locks", len(locks))
+    """)
+    assert "child exit 0" in out
+
+
+def test_pool_children_fork_while_another_thread_trains_the_gru_they_use():
+    out = _run("""
+        import threading
+        stop = threading.Event()
+
+        def train():
+            g = gru  # the GRU the children train too
+            g.train()
+            while not stop.is_set():
+                y, _ = g(x)
+                g.backward(np.ones_like(y))
+
+        def train_in_child(seed):
+            y, _ = gru(x[:5])
+            gru.backward(np.ones_like(y))
+            return seed
+
+        if __name__ == "__main__":
+            thread = threading.Thread(target=train)
+            thread.start()
+            done = 0
+            for _ in range(4):
+                with mp.get_context("fork").Pool(2) as pool:
+                    done += len(pool.map(train_in_child, range(2)))
+            stop.set()
+            thread.join()
+            print("children done", done)
+    """)
+    assert "children done 8" in out
