@@ -16,7 +16,7 @@ from libc.stdint cimport int64_t, uint16_t
 
 cnp.import_array()
 
-from cgru._fork import ForkSafeLock
+from cgru._fork import fork_safe_lock
 
 cdef extern from "cgru.h":
     ctypedef enum cgru_status:
@@ -188,7 +188,7 @@ class _BlasThreads:
     def __init__(self, lib):
         self.active = 0
         self.saved = None
-        self.lock = ForkSafeLock()
+        self.lock = fork_safe_lock()
         self.set_fn = self.get_fn = None
         if lib is not None:
             for prefix in ("scipy_openblas_", "openblas_"):
@@ -221,17 +221,37 @@ class _BlasThreads:
                 self.set_fn(self.saved)
 
     def after_fork_in_child(self):
-        # calls that were running in the parent's other threads do not exist here (and the lock
-        # they may have held is unlocked: cgru/_fork.py)
+        # calls that were running in the parent's other threads do not exist here; the fork
+        # happened outside enter and leave (_before_fork), so OpenBLAS is capped exactly while
+        # `active` says so
         if self.active and self.set_fn is not None and self.saved not in (None, 1):
             self.set_fn(self.saved)
         self.active = 0
 
 
 _blas_threads = _BlasThreads(_find_scipy_openblas())
+_fork_holds_blas_lock = False
+
+
+def _before_fork():
+    # no fork between OpenBLAS's setting and the count that says who set it (the ctypes call
+    # between them lets other threads run): a child forked there would take the cap for the
+    # user's setting
+    global _fork_holds_blas_lock
+    _blas_threads.lock.acquire()
+    _fork_holds_blas_lock = True
+
+
+def _after_fork_in_parent():
+    global _fork_holds_blas_lock
+    if _fork_holds_blas_lock:
+        _fork_holds_blas_lock = False
+        _blas_threads.lock.release()
 
 
 def _after_fork_in_child():
+    global _fork_holds_blas_lock
+    _fork_holds_blas_lock = False  # and the lock is unlocked (cgru/_fork.py, which runs first)
     _blas_threads.after_fork_in_child()
     if cgru_fork_serial():
         import warnings
@@ -241,7 +261,8 @@ def _after_fork_in_child():
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def blas_threads_controlled():
@@ -559,8 +580,9 @@ cdef inline bint _same_shape(cnp.ndarray a, cnp.ndarray b):
 cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, int rows,
                              int cols, list held):
     """params[name] checked as gru.GRU._checked_params does: dtype, contiguity and exact shape.
-    cols = 0 for a bias (rows,). A misaligned array is replaced by an aligned copy, which `held`
-    keeps alive until the step is done."""
+    cols = 0 for a bias (rows,). A misaligned array is replaced by an aligned copy. `held` keeps
+    what is returned alive until the step is done: the engine reads it without the GIL, while
+    another thread may replace params[name] (load_state_dict, an assignment) and free the old."""
     obj = params.get(name)
     if obj is None:
         raise KeyError(f"params is missing '{name}'")
@@ -576,7 +598,7 @@ cdef cnp.ndarray _step_param(dict params, str name, int type_num, object dtype, 
         raise ValueError(f"params['{name}'] must have shape {want}, got {obj.shape}")
     if not cnp.PyArray_ISALIGNED(a):
         a = np.require(a, requirements=["C", "A"])  # the kernels' loads need aligned elements
-        held.append(a)
+    held.append(a)
     return a
 
 

@@ -41,14 +41,14 @@ except ImportError as e:
     raise ImportError("cgru.dask needs dask: pip install 'dask[array,distributed]'") from e
 
 from . import _engine
-from ._fork import ForkSafeLock
+from ._fork import fork_safe_lock
 from .gru import GRU, set_num_threads
 from .models import Model
 
 # the process that decided its engine thread count (see _set_engine_threads); a fork child of
 # that process decides again
 _threads_decided_pid = None
-_threads_lock = ForkSafeLock()
+_threads_lock = fork_safe_lock()
 
 
 def predict(model: GRU | Model, X: da.Array, batch_size: int | None = None) -> da.Array:

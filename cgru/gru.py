@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _checks, _engine
-from ._fork import ForkSafeLock
+from ._fork import fork_safe_lock
 from ._typing import ArrayLike, FloatArray, Self
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -281,7 +281,7 @@ class GRU:
         # each Python thread has its own pending training forward, so that threads sharing a
         # GRU backpropagate through their own; their gradients add into `grads` one at a time
         self._pending = threading.local()
-        self._grads_lock = ForkSafeLock()
+        self._grads_lock = fork_safe_lock()
         # the workspace of the last training step whose backward is done, for the next training
         # forward: a fresh one costs its page faults at every step (measured on a 2-core VM: the
         # (100, 64, 128, 256) training step took 50 ms with a fresh 33 MB workspace per call and

@@ -16,10 +16,10 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
 import stat
 import struct
-import tempfile
 import time
 import zipfile
 import zlib
@@ -668,16 +668,12 @@ def _atomic_savez(path, arrays):
     later save can tell the leftovers of a killed writer (see _remove_stale_temporaries)."""
     directory = os.path.dirname(os.path.abspath(path))
     _remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{_host()}-{os.getpid()}-", suffix=".tmp",
-                               dir=directory)
+    fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -686,6 +682,23 @@ def _atomic_savez(path, arrays):
             pass
         raise
     _fsync_directory(directory)
+
+
+def _create_temporary(directory):
+    """(fd, name) of a new file in `directory`, created as open() creates one: mode 0o666 less
+    the process's umask (applied by the system, so the saved file gets the permissions any other
+    new file would, and no thread's umask is touched). The name is this host's, this process's
+    and a random part's."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
+        getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(directory, f"{_TMP_PREFIX}{_host()}-{os.getpid()}-"
+                                       f"{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")
 
 
 _TMP_PREFIX = ".cgru-save-"

@@ -1,5 +1,10 @@
-"""Shared helpers: tolerances per dtype, a factory for engine/reference pairs, Python threads."""
+"""Shared helpers: tolerances per dtype, a factory for engine/reference pairs, Python threads,
+scripts in a fresh interpreter."""
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -76,3 +81,29 @@ def run_in_threads(worker, n):
         t.start()
     for t in threads:
         t.join()
+
+
+def run_script(source, time_limit_s=120, env=None):
+    """Run `source` as a script file in a fresh interpreter, in a temporary directory, with `env`
+    added to the environment, and return its stdout; a hang (past time_limit_s), a crash or a
+    non-zero exit fails the calling test."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "scenario.py")
+        with open(path, "w") as f:
+            f.write(source)
+        # its own process group, so that a hung grandchild is killed with it
+        # joblib and scikit-learn, once imported by another test, set KMP_INIT_AT_FORK=FALSE in
+        # this process; under LLVM's libomp that makes fork children run on one thread, so the
+        # scenarios run without it
+        env = {**{k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}, **(env or {})}
+        proc = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp, env=env,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=time_limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"the scenario hung for {time_limit_s} s")
+    assert proc.returncode == 0, err[-3000:]
+    return out

@@ -1,18 +1,15 @@
 """Children of a process that used cgru's threads work, with threads, under every start method.
 
-Each scenario runs in a fresh interpreter with a time limit, so that a hang fails the test instead
-of blocking the suite.
+Each scenario runs in a fresh interpreter with a time limit (conftest.run_script), so that a hang
+fails the test instead of blocking the suite.
 """
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import textwrap
 
 import pytest
 
 import cgru
+from conftest import run_script
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -34,27 +31,8 @@ PRELUDE = textwrap.dedent("""
 
 
 def _run(body):
-    """Run PRELUDE + body as a script file (spawn and forkserver children import it afresh)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "scenario.py")
-        with open(path, "w") as f:
-            f.write(PRELUDE + textwrap.dedent(body))
-        # its own process group, so that a hung grandchild is killed with it
-        # joblib and scikit-learn, once imported by another test, set KMP_INIT_AT_FORK=FALSE in
-        # this process; under LLVM's libomp that makes fork children run on one thread, so the
-        # scenarios run without it
-        env = {k: v for k, v in os.environ.items() if k != "KMP_INIT_AT_FORK"}
-        proc = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp, env=env,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=TIME_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            pytest.fail(f"the scenario hung for {TIME_LIMIT_S} s")
-    assert proc.returncode == 0, err[-3000:]
-    return out
+    """PRELUDE + body in a fresh interpreter (spawn and forkserver children import it afresh)."""
+    return run_script(PRELUDE + textwrap.dedent(body), TIME_LIMIT_S)
 
 
 def test_os_fork_child_runs_threaded_forward_and_backward():
@@ -110,13 +88,14 @@ def test_grandchild_of_a_fork_child_still_works():
 
 
 def test_a_fork_child_trains_a_gru_whose_locks_another_thread_held_at_the_fork():
-    # a thread is inside gru.backward (adding its gradients) and inside an engine call (the BLAS
-    # cap) at the moment another thread forks: in the child that thread does not exist, and
-    # what it held must not stay held
+    # a thread is inside gru.backward (adding its gradients) and deciding Dask's thread count at
+    # the moment another thread forks: in the child that thread does not exist, and what it held
+    # must not stay held (the BLAS cap's lock is not among them: a fork waits for it, see the
+    # next test)
     out = _run("""
         import threading
         held, release = threading.Event(), threading.Event()
-        locks = [gru._grads_lock, cgru._engine._blas_threads.lock]
+        locks = [gru._grads_lock]
         try:
             import cgru.dask
             locks.append(cgru.dask._threads_lock)
@@ -148,6 +127,49 @@ def test_a_fork_child_trains_a_gru_whose_locks_another_thread_held_at_the_fork()
         print("child exit", os.waitstatus_to_exitcode(status), "locks", len(locks))
     """)
     assert "child exit 0" in out
+
+
+def test_a_fork_child_finds_the_blas_setting_the_user_chose_whatever_other_threads_ran():
+    # threads enter and leave engine calls (capping SciPy's OpenBLAS at one thread and restoring
+    # it) while the main thread forks: every child must see the user's setting, or its first
+    # engine call would take the cap for it and leave OpenBLAS on one thread for good
+    out = _run("""
+        import threading
+        blas = cgru._engine._blas_threads
+        if not blas.controlled:
+            print("seen {}")
+            sys.exit(0)
+        blas.set_fn(2)
+        small = cgru.GRU(4, 8).eval()
+        xs = np.zeros((2, 1, 4), np.float32)
+        stop = threading.Event()
+
+        def calls():
+            while not stop.is_set():
+                small(xs)
+
+        threads = [threading.Thread(target=calls) for _ in range(2)]
+        for t in threads:
+            t.start()
+        seen = {}
+        for _ in range(150):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.write(w, str(blas.get_fn()).encode())
+                os._exit(0)
+            os.close(w)
+            got = os.read(r, 16).decode()
+            os.close(r)
+            os.waitpid(pid, 0)
+            seen[got] = seen.get(got, 0) + 1
+        stop.set()
+        for t in threads:
+            t.join()
+        print("seen", seen)
+    """)
+    seen = eval(out.split("seen ", 1)[1])
+    assert set(seen) <= {"2"}, seen
 
 
 def test_pool_children_fork_while_another_thread_trains_the_gru_they_use():

@@ -270,3 +270,22 @@ def test_save_flushes_the_file_and_then_its_directory(tmp_path, monkeypatch):
     model.build((None, 9, 3))
     model.save(tmp_path / "m.npz")
     assert synced == ["file", "directory"]
+
+
+def test_a_saved_file_gets_the_permissions_of_any_new_file_and_the_umask_is_never_touched(
+        tmp_path, monkeypatch):
+    # the umask is the process's, not a thread's: setting it (even for a moment, to read it)
+    # would give other threads' new files the wrong permissions
+    def no_umask(mask):
+        raise AssertionError("save changed the process's umask")
+
+    before = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        model = make_model()
+        model.build((None, 9, 3))
+        model.save(tmp_path / "m.npz")
+    finally:
+        monkeypatch.undo()
+        os.umask(before)
+    assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o640

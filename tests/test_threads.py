@@ -1,12 +1,13 @@
 """Thread control, determinism, and concurrent use from Python threads."""
 import os
+import textwrap
 import time
 
 import numpy as np
 import pytest
 
 import cgru
-from conftest import run_in_threads
+from conftest import run_in_threads, run_script
 
 
 @pytest.fixture
@@ -144,6 +145,119 @@ def test_engine_calls_from_many_python_threads_run_with_blas_on_one_thread_and_r
     run_in_threads(worker, 4)
     assert seen_threaded == []
     assert blas.threads == 4 and cap.active == 0
+
+
+def test_ctrl_c_during_engine_calls_leaves_no_lock_held_and_the_blas_setting_restored():
+    # Ctrl-C (a notebook's "interrupt") lands anywhere in cgru's Python code; whatever it
+    # interrupted, the next call must run and the BLAS setting must be the user's again
+    out = run_script(textwrap.dedent("""
+        import os, signal, threading, time
+        import numpy as np
+        import cgru
+        blas = cgru._engine._blas_threads
+        if blas.controlled:
+            blas.set_fn(2)
+        gru = cgru.GRU(8, 16, seed=0)
+        x = np.random.default_rng(0).random((4, 2, 8)).astype(np.float32)
+        armed = False
+
+        def on_sigint(signum, frame):
+            if armed:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+        stop = threading.Event()
+
+        def ctrl_c():
+            while not stop.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.0002)
+
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        interrupts, left_wrong = 0, 0
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            try:
+                armed = True
+                gru.train()
+                y, _ = gru(x)
+                gru.backward(np.ones_like(y))
+                gru.eval()
+                gru(x)
+                armed = False
+            except KeyboardInterrupt:
+                armed = False
+                interrupts += 1
+            if blas.active != 0 or blas.lock.locked() or gru._grads_lock.locked():
+                left_wrong += 1
+                break
+        stop.set()
+        time.sleep(0.01)
+        gru.train()
+        y, _ = gru(x)
+        gru.backward(np.ones_like(y))
+        print("interrupts", interrupts, "left wrong", left_wrong,
+              "blas", blas.get_fn() if blas.controlled else 2)
+    """), time_limit_s=60)
+    words = out.split()
+    assert int(words[1]) > 100, out  # the interrupts did land
+    assert words[4:] == ["0", "blas", "2"], out
+
+
+def test_step_reads_only_live_weights_while_another_thread_reloads_them():
+    # step() reads the weights without the GIL; a load_state_dict in another thread replaces
+    # (and frees) the arrays it read them from. Every state must come from one weight set or the
+    # other; freed memory (returned to the system at once here) would crash or give neither.
+    out = run_script(textwrap.dedent("""
+        import threading, time
+        import numpy as np
+        import cgru
+        cgru.set_num_threads(1)
+        H, B = 512, 16
+        base, other = cgru.GRU(4, H, seed=0), cgru.GRU(4, H, seed=1)
+        states = [base.state_dict(),
+                  dict(base.state_dict(), weight_hh_l0=other.weight_hh_l0.copy())]
+        x = np.random.default_rng(0).random((B, 4), np.float32)
+        h = np.random.default_rng(1).random((1, B, H), np.float32)
+        for quantized in (False, True):
+            expected = []
+            for sd in states:
+                g = cgru.GRU(4, H).eval()
+                g.load_state_dict(sd)
+                if quantized:
+                    g.quantize("bfloat16")
+                expected.append(g.step(x, h))
+            gru = cgru.GRU(4, H).eval()
+            gru.load_state_dict(states[0])
+            if quantized:
+                gru.quantize("bfloat16")
+            stop = threading.Event()
+
+            def reload():
+                # quantized: load_state_dict puts new arrays in; float32: it copies into the live
+                # ones (a torn read is then the caller's race), so new arrays go in by hand
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    if quantized:
+                        gru.load_state_dict(states[i % 2])
+                    else:
+                        gru.params["weight_hh_l0"] = states[i % 2]["weight_hh_l0"].copy()
+
+            t = threading.Thread(target=reload)
+            t.start()
+            steps = neither = 0
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                out = gru.step(x, h)
+                steps += 1
+                neither += not any(np.array_equal(out, e) for e in expected)
+            stop.set()
+            t.join()
+            print("quantized", quantized, "steps", steps, "neither", neither)
+    """), time_limit_s=60, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+    for line in out.splitlines():
+        assert line.endswith("neither 0"), out
 
 
 def test_the_engine_reports_its_openmp_build():
