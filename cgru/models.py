@@ -19,6 +19,7 @@ from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
 from . import saving as _saving
+from ._fork import fork_safe_lock
 from ._typing import Array, ArrayLike, FloatArray
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 # predict() runs blocks of samples whose layer outputs take at most this many bytes
 PREDICT_BLOCK_BYTES = 16 * 2**20
+
+# taken by a model's build on its first data (Model._inputs); builds are rare and short
+_first_build = fork_safe_lock()
 
 
 def _snake(name):
@@ -248,7 +252,11 @@ class Model:
         """The model's inputs as a list of arrays, checked against the input tensors: real values
         cast to the model's dtype, or integer indices for an input an Embedding reads."""
         if not self.built:
-            self._build_from_data(x, name)
+            # the first calls may come from several threads at once (Dask's threaded scheduler):
+            # one builds, the others wait and use what it built
+            with _first_build:
+                if not self.built:
+                    self._build_from_data(x, name)
         values = list(x) if not self._single_input else [x]
         if not self._single_input and (not isinstance(x, (list, tuple)) or
                                        len(values) != len(self.inputs)):

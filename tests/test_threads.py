@@ -1,6 +1,8 @@
 """Thread control, determinism, and concurrent use from Python threads."""
 import os
+import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -341,3 +343,62 @@ def test_no_more_threads_than_cpus_run_a_call():
                          timeout=120, check=True).stdout.split()
     added, cpus = int(out[0]), int(out[1])
     assert added <= cpus - 1  # the calling thread is one of the team
+
+
+def _served_model():
+    return cgru.Sequential([cgru.Input((10, 4)), cgru.layers.Masking(0.0), cgru.layers.GRU(8),
+                            cgru.layers.Dense(1)], seed=0)
+
+
+def test_the_first_predict_calls_from_two_threads_build_the_model_once():
+    x = np.random.default_rng(0).random((4, 10, 4)).astype(np.float32)
+    for _ in range(20):
+        model = _served_model()
+        start = threading.Barrier(2)
+        answers, errors = [None, None], []
+
+        def serve(i):
+            start.wait()
+            try:
+                answers[i] = model.predict(x)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(repr(e))
+
+        run_in_threads(serve, 2)
+        assert errors == []
+        final = model.predict(x)
+        for answer in answers:
+            np.testing.assert_array_equal(answer, final)
+
+
+def _same(a, b):
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+                and np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (objects without a comparison: only identity counts)
+        return False
+
+
+def test_predict_leaves_nothing_of_a_call_on_the_layers():
+    # threads may share a model for predict (cgru.dask.predict under Dask's threaded
+    # scheduler): what one call left on a layer, another call's later part would read, so
+    # inference must leave every layer's attributes as they were
+    model = cgru.Sequential([
+        cgru.Input((10, 4)), cgru.layers.Masking(0.0),
+        cgru.layers.Bidirectional(cgru.layers.GRU(8, return_sequences=True)),
+        cgru.layers.Dropout(0.3), cgru.layers.GRU(6), cgru.layers.Dense(1)], seed=0)
+    rng = np.random.default_rng(0)
+    with_empty = rng.random((6, 10, 4)).astype(np.float32)
+    with_empty[[1, 4]] = 0  # two sequences with no valid step
+    full = rng.random((3, 10, 4)).astype(np.float32)
+    model.predict(full)
+    before = [dict(vars(layer)) for layer in model.layers]
+    model.predict(with_empty)
+    model(with_empty)
+    for layer, old in zip(model.layers, before):
+        changed = [k for k, v in vars(layer).items() if k not in old or not _same(v, old[k])]
+        assert changed == [], f"{layer.name}: {changed}"

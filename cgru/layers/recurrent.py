@@ -153,7 +153,6 @@ class GRU(Layer):
         self._engine = None
         self._cache = None
         self._states = None        # stateful: the last call's final states (D, batch, units)
-        self._empty = None         # the last call's sequences with no valid step, or None
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -261,9 +260,9 @@ class GRU(Layer):
         return self.forward_arrays([x], [mask], training, rng)[0]
 
     def forward_arrays(self, inputs, masks, training, rng):
-        seqs, finals = self._recur(inputs[0], masks[0], inputs[1:], training, rng,
-                                   self.return_sequences, carry=True)
-        y = seqs[0] if self.return_sequences else self._last_output(finals[0])
+        seqs, finals, empty = self._recur(inputs[0], masks[0], inputs[1:], training, rng,
+                                          self.return_sequences, carry=True)
+        y = seqs[0] if self.return_sequences else self._last_output(finals[0], empty)
         return [y] + (finals if self.return_state else [])
 
     def backward(self, d_out):
@@ -287,13 +286,13 @@ class GRU(Layer):
     # return_sequences Keras returns its last output, which is zeros for a sequence with no valid
     # step, while that sequence's final state stays its initial state; the final state was
     # returned as the output, so a given (non-zero) initial state leaked into y.
-    def _last_output(self, final):
+    def _last_output(self, final, empty):
         """Keras's last output from a direction's final states: zeros for the sequences with no
-        valid step (set by the last _recur)."""
-        if self._empty is None:
+        valid step (`empty`, from the same call's _recur, or None)."""
+        if empty is None:
             return final
         out = final.copy()
-        out[self._empty] = 0
+        out[empty] = 0
         return out
 
     def _last_output_grad(self, d_last):
@@ -333,7 +332,9 @@ class GRU(Layer):
 
     def _recur(self, x, mask, given_states, training, rng, want_sequences, carry):
         """Run the engine over x (B, T, F): per direction the output sequences (B, T, H), in
-        Keras's masked form (if want_sequences), and the final states (B, H)."""
+        Keras's masked form (if want_sequences), and the final states (B, H); and the sequences
+        with no valid step (a boolean (B,) array), or None. Inference keeps nothing on the layer
+        that a later part of the same call reads (threads may share the model for predict)."""
         B, T, _ = x.shape
         H, D = self.units, self.directions
         drop = None
@@ -356,7 +357,7 @@ class GRU(Layer):
                                    None if plan is None else plan.engine_lengths,
                                    with_outputs=training or want_sequences)
         finals = [h_n[d] for d in range(D)]
-        self._empty = plan.empty if plan is not None and plan.any_empty else None
+        empty = plan.empty if plan is not None and plan.any_empty else None
         if plan is not None and plan.any_empty:  # no valid step: the initial state stays
             for d in range(D):
                 finals[d] = finals[d].copy()
@@ -369,7 +370,7 @@ class GRU(Layer):
             self._states = np.ascontiguousarray(np.stack(finals))
         self._cache = (drop, plan, None if y is None else y.shape, carry,
                        len(given_states) > 0, B) if training else None
-        return seqs, finals
+        return seqs, finals, empty
 
     def _recur_backward(self, d_seqs, d_finals):
         """(d x, [d initial state per direction] when states were given) from the gradients of
@@ -538,9 +539,10 @@ class Bidirectional(Wrapper):
 
     def forward_arrays(self, inputs, masks, training, rng):
         gru = self.layer
-        seqs, finals = gru._recur(inputs[0], masks[0], inputs[1:], training, rng,
-                                  gru.return_sequences, carry=False)
-        first, second = seqs if gru.return_sequences else [gru._last_output(f) for f in finals]
+        seqs, finals, empty = gru._recur(inputs[0], masks[0], inputs[1:], training, rng,
+                                         gru.return_sequences, carry=False)
+        first, second = seqs if gru.return_sequences else [gru._last_output(f, empty)
+                                                           for f in finals]
         self._parts = (first, second) if training and self.merge_mode == "mul" else None
         mode = self.merge_mode
         if mode == "concat":
