@@ -61,12 +61,15 @@ class BusyCores:
                 p.kill()
 
 
+WARM_UPS = 2  # untimed calls before each timed series
+
+
 def call_times(fn, n_threads, calls=CALLS):
-    """Seconds of each of `calls` calls of fn on n_threads threads, after two warm-up calls."""
+    """Seconds of each of `calls` calls of fn on n_threads threads, after WARM_UPS calls."""
     cgru.set_num_threads(n_threads)
     cgru._engine.reset_contention()
-    fn()
-    fn()
+    for _ in range(WARM_UPS):
+        fn()
     times = np.empty(calls)
     for i in range(calls):
         t = time.perf_counter()
@@ -133,8 +136,8 @@ def interrupted_rows(calls=100):
         two = np.median(call_times(lambda: gru(x), 2, calls))
         stalls = cgru._engine.stalls_seen() - stalls
     return [(f"{what}: 2 threads / 1 thread (median)", f"{two / one:.2f}x", "<= 0.7x"),
-            (f"{what}: 2-thread calls marked stalled (README, \"Threads\"), 2 warm-ups included",
-             f"{stalls} / {calls + 2}", "")]
+            (f"{what}: 2-thread calls marked stalled (README, \"Threads\"), {WARM_UPS} warm-ups "
+             f"included", f"{stalls} / {calls + WARM_UPS}", "")]
 
 
 def measure():
