@@ -370,30 +370,35 @@ static inline __attribute__((always_inline)) void strips_store(
     case rows * 16 + group:                                                                    \
         TILE(rows, group, strip, pairs, chunk, sums);                                          \
         break;
-#define STRIP_CASES(TILE, rows)                                                                \
-    STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
-    STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)               \
-    STRIP_CASE(TILE, rows, 7) STRIP_CASE(TILE, rows, 8)
-#define STRIP_CASES_ONE(TILE, rows)                                                            \
-    STRIP_CASES(TILE, rows) STRIP_CASE(TILE, rows, 9) STRIP_CASE(TILE, rows, 10)               \
-    STRIP_CASE(TILE, rows, 11) STRIP_CASE(TILE, rows, 12)
-#define STRIP_CASES_WIDE(TILE, rows)                                                           \
-    STRIP_CASE(TILE, rows, 1) STRIP_CASE(TILE, rows, 2) STRIP_CASE(TILE, rows, 3)               \
-    STRIP_CASE(TILE, rows, 4) STRIP_CASE(TILE, rows, 5) STRIP_CASE(TILE, rows, 6)
-/* every (rows, group) a tile of wide registers takes (STRIP_GROUP_ONE, STRIP_GROUP, STRIP_GROUP_WIDE) */
-#define STRIP_TILES_WIDE(TILE)                                                                 \
-    STRIP_CASES_ONE(TILE, 1) STRIP_CASES(TILE, 2) STRIP_CASES_WIDE(TILE, 3) STRIP_CASES_WIDE(TILE, 4)
+/* STRIP_CASES_n(TILE, rows): the cases of groups 1 to n of a tile of `rows` rows */
+#define STRIP_CASES_1(TILE, rows) STRIP_CASE(TILE, rows, 1)
+#define STRIP_CASES_2(TILE, rows) STRIP_CASES_1(TILE, rows) STRIP_CASE(TILE, rows, 2)
+#define STRIP_CASES_3(TILE, rows) STRIP_CASES_2(TILE, rows) STRIP_CASE(TILE, rows, 3)
+#define STRIP_CASES_4(TILE, rows) STRIP_CASES_3(TILE, rows) STRIP_CASE(TILE, rows, 4)
+#define STRIP_CASES_5(TILE, rows) STRIP_CASES_4(TILE, rows) STRIP_CASE(TILE, rows, 5)
+#define STRIP_CASES_6(TILE, rows) STRIP_CASES_5(TILE, rows) STRIP_CASE(TILE, rows, 6)
+#define STRIP_CASES_7(TILE, rows) STRIP_CASES_6(TILE, rows) STRIP_CASE(TILE, rows, 7)
+#define STRIP_CASES_8(TILE, rows) STRIP_CASES_7(TILE, rows) STRIP_CASE(TILE, rows, 8)
+#define STRIP_CASES_9(TILE, rows) STRIP_CASES_8(TILE, rows) STRIP_CASE(TILE, rows, 9)
+#define STRIP_CASES_10(TILE, rows) STRIP_CASES_9(TILE, rows) STRIP_CASE(TILE, rows, 10)
+#define STRIP_CASES_11(TILE, rows) STRIP_CASES_10(TILE, rows) STRIP_CASE(TILE, rows, 11)
+#define STRIP_CASES_12(TILE, rows) STRIP_CASES_11(TILE, rows) STRIP_CASE(TILE, rows, 12)
+/* the cases up to `most`, a macro constant expanded before the name is formed (a group size
+ * without its STRIP_CASES_n does not compile) */
+#define STRIP_CASES_UP_TO(TILE, rows, most) STRIP_CASES_UP_TO_(TILE, rows, most)
+#define STRIP_CASES_UP_TO_(TILE, rows, most) STRIP_CASES_##most(TILE, rows)
 
 /*
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs` by
  * PREPARE: strips_pairs_of or strips_halves_of), groups of strips (strip[g] the group's g-th
  * strip from the chunk's first pair, col[g] and cols[g] its columns of C);
  * TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
- * sums; TILES(TILE) lists a switch's cases for every (rows, group) it can take. group_one,
- * group_two and group_wide (strips per tile of one, two, and three or four rows) are in scope
- * where it is used.
+ * sums. ONE, TWO and WIDE (macro constants) are the most strips a tile of one, two, and three
+ * or four rows takes; the switch's cases are made from them.
  */
-#define STRIPS_LOOPS(TILE, TILES, PREPARE)                                                      \
+#define STRIPS_LOOPS(TILE, PREPARE, ONE, TWO, WIDE)                                             \
+    _Static_assert(WIDE <= TWO && TWO <= ONE && ONE <= STRIP_GROUP_ONE, "group sizes");       \
+    const int group_one = ONE, group_two = TWO, group_wide = WIDE;                             \
     const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
     const int per_run = (run + 15) / 16, n_runs = (N + run - 1) / run;                         \
     const int n_strips = n_runs * per_run, n_pairs = (K + 1) / 2;                              \
@@ -418,7 +423,10 @@ static inline __attribute__((always_inline)) void strips_store(
                 }                                                                              \
                 cgru_vec_f32 sums[STRIP_TILE_ROWS][STRIP_GROUP_ONE];                           \
                 /* rows and group as constants, so that the sums stay in registers */          \
-                switch (rows * 16 + group) { TILES(TILE) }                                     \
+                switch (rows * 16 + group) {                                                   \
+                    STRIP_CASES_UP_TO(TILE, 1, ONE) STRIP_CASES_UP_TO(TILE, 2, TWO)            \
+                    STRIP_CASES_UP_TO(TILE, 3, WIDE) STRIP_CASES_UP_TO(TILE, 4, WIDE)          \
+                }                                                                              \
                 strips_store(C + (long)m * ldc, ldc, rows, group, col, cols, p0 > 0, sums);    \
             }                                                                                  \
         }                                                                                      \
@@ -458,9 +466,6 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
 #define STRIP_NARROW_ONE 6
 #define STRIP_NARROW_TWO 3
 #define STRIP_NARROW_WIDE 1
-#define STRIP_TILES_NARROW(TILE)                                                               \
-    STRIP_CASES_WIDE(TILE, 1) STRIP_CASE(TILE, 2, 1) STRIP_CASE(TILE, 2, 2)                     \
-    STRIP_CASE(TILE, 2, 3) STRIP_CASE(TILE, 3, 1) STRIP_CASE(TILE, 4, 1)
 
 /* strips_tile_widened in narrow tiles: each strip's 16 units as two 32-byte halves of 8 */
 static inline __attribute__((always_inline)) void strips_tile_narrow(
@@ -500,13 +505,11 @@ CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
                                      int M, int N, int K)
 {
     if (cgru_wide_tiles()) {
-        const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP;
-        const int group_wide = STRIP_GROUP_WIDE;
-        STRIPS_LOOPS(strips_tile_widened, STRIP_TILES_WIDE, strips_halves_of)
+        STRIPS_LOOPS(strips_tile_widened, strips_halves_of, STRIP_GROUP_ONE, STRIP_GROUP,
+                     STRIP_GROUP_WIDE)
     } else {
-        const int group_one = STRIP_NARROW_ONE, group_two = STRIP_NARROW_TWO;
-        const int group_wide = STRIP_NARROW_WIDE;
-        STRIPS_LOOPS(strips_tile_narrow, STRIP_TILES_NARROW, strips_halves_of)
+        STRIPS_LOOPS(strips_tile_narrow, strips_halves_of, STRIP_NARROW_ONE, STRIP_NARROW_TWO,
+                     STRIP_NARROW_WIDE)
     }
 }
 
@@ -540,14 +543,24 @@ CGRU_BF16_TARGET static void strips_bf16_dot(float *C, int ldc, const float *A, 
                                              const uint16_t *strip0, long gate_stride,
                                              int gate_cols, int M, int N, int K)
 {
-    const int group_one = STRIP_GROUP_ONE, group_two = STRIP_GROUP, group_wide = STRIP_GROUP_WIDE;
-    STRIPS_LOOPS(strips_tile_dot, STRIP_TILES_WIDE, strips_pairs_of)
+    STRIPS_LOOPS(strips_tile_dot, strips_pairs_of, STRIP_GROUP_ONE, STRIP_GROUP, STRIP_GROUP_WIDE)
 }
 #endif
 #undef STRIPS_LOOPS
-#undef STRIP_CASES
-#undef STRIP_CASES_WIDE
-#undef STRIP_CASES_ONE
+#undef STRIP_CASES_UP_TO
+#undef STRIP_CASES_UP_TO_
+#undef STRIP_CASES_1
+#undef STRIP_CASES_2
+#undef STRIP_CASES_3
+#undef STRIP_CASES_4
+#undef STRIP_CASES_5
+#undef STRIP_CASES_6
+#undef STRIP_CASES_7
+#undef STRIP_CASES_8
+#undef STRIP_CASES_9
+#undef STRIP_CASES_10
+#undef STRIP_CASES_11
+#undef STRIP_CASES_12
 #undef STRIP_CASE
 
 static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const uint16_t *strip0,
