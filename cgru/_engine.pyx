@@ -51,6 +51,7 @@ cdef extern from "cgru.h":
     int cgru_fork_serial() nogil
     int cgru_fork_keeps_threads() nogil
     long cgru_stalls_seen() nogil
+    int cgru_calls_in_flight() nogil
     void cgru_reset_contention() nogil
     void cgru_set_cpus_override(int) nogil
     void cgru_set_solo_test(int) nogil
@@ -302,6 +303,11 @@ def fork_keeps_threads():
 def stalls_seen():
     """Engine calls so far whose thread team stalled (a thread descheduled) and went on alone."""
     return cgru_stalls_seen()
+
+
+def calls_in_flight():
+    """Engine calls running now, in any thread (a fork waits for them to end)."""
+    return cgru_calls_in_flight()
 
 
 def reset_contention():

@@ -52,6 +52,8 @@ int cgru_cpus_available(void);
 int cgru_fork_serial(void);
 /* 1 when this build's OpenMP runtime can be reset before a fork, so that children keep threads. */
 int cgru_fork_keeps_threads(void);
+/* Engine calls running now, in any thread (a fork waits for them; tests). */
+int cgru_calls_in_flight(void);
 /* Stalled teams so far, and a reset of the back-off they cause (tests, benchmarks). */
 long cgru_stalls_seen(void);
 void cgru_reset_contention(void);

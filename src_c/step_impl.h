@@ -116,7 +116,7 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
     const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, w_hh16 != 0);
     const int shared = kernel != CGRU_PRODUCT_BLAS && kernel_hh != CGRU_PRODUCT_BLAS
                        && work >= STEP_SHARED_WORK && n_threads > 1;
-    const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : (cgru_plan){1, 1};  /* threads.h */
+    const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : cgru_plan_serial();  /* threads.h */
     const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
 
     cgru_barrier barrier;
@@ -134,7 +134,7 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
         FN(step_layers)(&work_of_step, 0, 1);
 #endif
     }
-    if (shared) cgru_plan_end(plan, atomic_load(&barrier.stalled));
+    cgru_plan_end(plan, shared && atomic_load(&barrier.stalled));
     if (scratch != on_stack) free(scratch);
     return CGRU_OK;
 }

@@ -22,6 +22,13 @@
  * (omp_pause_resource_all, OpenMP 5.0); the parent rebuilds it on its next region (a few tens of
  * microseconds) and the child builds its own. Where the runtime cannot release it, the child runs
  * the engine on one thread (cgru_fork_serial() tells the Python layer, which warns once).
+ *
+ * A fork also waits for the engine calls that other threads are running (and holds new ones at
+ * their start until it is done): a thread inside BLAS at the fork can hold OpenBLAS's buffer lock,
+ * which then stays locked for ever in the child, where that thread does not exist, and the
+ * child's first BLAS call waits for it (measured: a child forked while two threads ran small
+ * forwards hung in OpenBLAS's blas_memory_alloc within a few hundred forks). Every call is a plan
+ * (cgru_plan_begin or cgru_plan_serial to cgru_plan_end), and a plan is a call in flight.
  */
 #define _GNU_SOURCE
 #include <stdatomic.h>
@@ -201,18 +208,33 @@ static void threads_end(int got, int stalled)
     }
 }
 
+static void call_begin(void);
+static void call_end(void);
+
 cgru_plan cgru_plan_begin(int n_threads)
 {
+    call_begin();
     cgru_plan plan;
     int cpus = cgru_cpus_available();
     plan.parts = n_threads < 1 ? 1 : (n_threads < cpus ? n_threads : cpus);
     if (cgru_fork_serial()) plan.parts = 1;
     plan.threads = threads_begin(plan.parts);
     plan.stalled = 0;
+    plan.reserved = 1;
     return plan;
 }
 
-void cgru_plan_end(cgru_plan plan, int stalled) { threads_end(plan.threads, stalled); }
+cgru_plan cgru_plan_serial(void)
+{
+    call_begin();
+    return (cgru_plan){1, 1, 0, 0};
+}
+
+void cgru_plan_end(cgru_plan plan, int stalled)
+{
+    if (plan.reserved) threads_end(plan.threads, stalled);
+    call_end();
+}
 
 long cgru_stalls_seen(void) { return atomic_load_explicit(&stalls_seen, memory_order_relaxed); }
 
@@ -256,6 +278,32 @@ static int libomp_resets_at_fork(void)
 static int pool_released_for_fork = 1;
 static int fork_serial = 0;
 
+/* The gate between engine calls and fork (see the top of this file). A call counts itself in
+ * and then looks for a fork; a fork says it is waiting and then looks for calls: with both
+ * sequentially consistent, at least one of them sees the other. */
+static _Atomic int calls_in_flight = 0;
+static _Atomic int forks_waiting = 0;   /* a count: two threads may fork at once */
+
+static void nap_briefly(void)
+{
+    struct timespec ts = {0, 20000};  /* 20 us */
+    nanosleep(&ts, 0);
+}
+
+static void call_begin(void)
+{
+    for (;;) {
+        atomic_fetch_add(&calls_in_flight, 1);
+        if (atomic_load(&forks_waiting) == 0) return;
+        atomic_fetch_sub(&calls_in_flight, 1);  /* a fork is waiting for the calls to end */
+        while (atomic_load(&forks_waiting) > 0) nap_briefly();
+    }
+}
+
+static void call_end(void) { atomic_fetch_sub(&calls_in_flight, 1); }
+
+int cgru_calls_in_flight(void) { return atomic_load(&calls_in_flight); }
+
 int cgru_fork_serial(void) { return fork_serial; }
 
 int cgru_fork_keeps_threads(void)
@@ -272,6 +320,8 @@ int cgru_fork_keeps_threads(void)
 #if defined(__unix__) || defined(__APPLE__)
 static void before_fork(void)
 {
+    atomic_fetch_add(&forks_waiting, 1);
+    while (atomic_load(&calls_in_flight) > 0) nap_briefly();
 #if defined(CGRU_PAUSE_BEFORE_FORK)
     pool_released_for_fork = omp_pause_resource_all(omp_pause_hard) == 0;
 #elif defined(CGRU_RUNTIME_SURVIVES_FORK)
@@ -283,10 +333,14 @@ static void before_fork(void)
 #endif
 }
 
+static void in_parent(void) { atomic_fetch_sub(&forks_waiting, 1); }
+
 static void in_child(void)
 {
     if (!pool_released_for_fork) fork_serial = 1;
-    /* the parent's running calls do not exist here */
+    /* only the forking thread exists here: no call runs, no other fork waits */
+    atomic_store(&forks_waiting, 0);
+    atomic_store(&calls_in_flight, 0);
     atomic_store_explicit(&threads_in_use, 0, memory_order_relaxed);
 }
 #endif
@@ -300,7 +354,7 @@ __attribute__((constructor)) static void threads_init(void)
     calibrate_ticks();
     cgroup_cpus = read_cgroup_cpus();
 #if defined(__unix__) || defined(__APPLE__)
-    pthread_atfork(before_fork, 0, in_child);
+    pthread_atfork(before_fork, in_parent, in_child);
 #endif
 }
 

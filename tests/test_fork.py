@@ -172,6 +172,40 @@ def test_a_fork_child_finds_the_blas_setting_the_user_chose_whatever_other_threa
     assert set(seen) <= {"2"}, seen
 
 
+def test_a_fork_waits_for_the_engine_call_another_thread_is_running():
+    # a thread inside BLAS at the moment of fork can hold OpenBLAS's buffer lock, which then stays
+    # locked for ever in the child (seen: a child hung in its first BLAS call within a few hundred
+    # forks while two threads ran small forwards); so a fork waits for the engine calls in flight,
+    # and the child starts with none and runs its own
+    out = _run("""
+        import threading, time
+        big = cgru.GRU(64, 512).eval()
+        xb = np.random.default_rng(1).standard_normal((2000, 8, 64)).astype(np.float32)
+        start = time.perf_counter()
+        big(xb)
+        call_s = time.perf_counter() - start
+
+        thread = threading.Thread(target=big, args=(xb,))
+        thread.start()
+        while cgru._engine.calls_in_flight() == 0:
+            time.sleep(0.001)
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            y, _ = gru(x)   # the child's first engine call
+            ok = cgru._engine.calls_in_flight() == 0 and np.array_equal(y, expected)
+            os._exit(0 if ok else 1)
+        fork_s = time.perf_counter() - start
+        child = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        thread.join()
+        print("result", {"call_s": call_s, "fork_s": fork_s, "child": child})
+    """)
+    result = ast.literal_eval(out.split("result ", 1)[1])
+    assert result["child"] == 0, result
+    # without the wait, fork() returns in about a millisecond
+    assert result["fork_s"] > 0.25 * result["call_s"], result
+
+
 def test_pool_children_fork_while_another_thread_trains_the_gru_they_use():
     out = _run("""
         import threading
