@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # predict() runs blocks of samples whose layer outputs take at most this many bytes
 PREDICT_BLOCK_BYTES = 16 * 2**20
 
-# taken by a model's build on its first data (Model._inputs); builds are rare and short
+# taken by a model's first build (Model._build_once); builds are rare and short
 _first_build = fork_safe_lock()
 
 
@@ -78,11 +78,26 @@ class Model:
         self._single_input = self._single_output = True
         self._replicas = None      # during a distributed fit: the ranks (cgru.distributed)
         self._dropout_rng = None   # during a distributed fit: this rank's dropout generator
+        self._init_update_lock()
         if type(self) is Model:
             if inputs is None or outputs is None:
                 raise TypeError("Model(inputs, outputs): give the cgru.Input tensor(s) and the "
                                 "output tensor(s) of the layers called on them")
             self._set_graph(inputs, outputs)
+
+    def _init_update_lock(self):
+        # held through each training update (forward, backward, optimizer step), and by save
+        # and set_weights: from another thread, they land between two updates, never inside one
+        self._update_lock = fork_safe_lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_update_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_update_lock()
 
     # ---- structure ------------------------------------------------------------------------------
 
@@ -131,6 +146,15 @@ class Model:
     def _build_declared(self):
         """Build now if the input is declared (a Sequential's cgru.Input or input_shape)."""
 
+    def _build_once(self, build, *args):
+        """Run build(*args) unless the model is built. The first calls may come from several
+        threads at once (Dask's threaded scheduler; a save or get_weights in one thread while
+        another trains): one builds, the others wait and use what it built."""
+        if not self.built:
+            with _first_build:
+                if not self.built:
+                    build(*args)
+
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """The layer called `name` (or at position `index` of `layers`)."""
         self._build_declared()
@@ -172,20 +196,21 @@ class Model:
         expected = sum(len(layer.get_weights()) for layer in self.layers)
         if len(weights) != expected:
             raise ValueError(f"set_weights: the model takes {expected} arrays, got {len(weights)}")
-        before = self.get_weights()
-        try:
-            i = 0
-            for layer in self.layers:
-                n = len(layer.get_weights())
-                layer.set_weights(weights[i:i + n])
-                i += n
-        except Exception:
-            i = 0
-            for layer in self.layers:
-                n = len(layer.get_weights())
-                layer.set_weights(before[i:i + n])
-                i += n
-            raise
+        with self._update_lock:
+            before = self.get_weights()
+            try:
+                i = 0
+                for layer in self.layers:
+                    n = len(layer.get_weights())
+                    layer.set_weights(weights[i:i + n])
+                    i += n
+            except Exception:
+                i = 0
+                for layer in self.layers:
+                    n = len(layer.get_weights())
+                    layer.set_weights(before[i:i + n])
+                    i += n
+                raise
 
     def reset_states(self) -> None:
         """Clear the kept states of every stateful GRU (Keras's model.reset_states())."""
@@ -251,12 +276,7 @@ class Model:
     def _inputs(self, x, name="x"):
         """The model's inputs as a list of arrays, checked against the input tensors: real values
         cast to the model's dtype, or integer indices for an input an Embedding reads."""
-        if not self.built:
-            # the first calls may come from several threads at once (Dask's threaded scheduler):
-            # one builds, the others wait and use what it built
-            with _first_build:
-                if not self.built:
-                    self._build_from_data(x, name)
+        self._build_once(self._build_from_data, x, name)
         values = list(x) if not self._single_input else [x]
         if not self._single_input and (not isinstance(x, (list, tuple)) or
                                        len(values) != len(self.inputs)):
@@ -457,8 +477,9 @@ class Model:
         return loss, outs[0], masks[0]
 
     def _train_step(self, xs, y, weights=None):
-        loss, out, mask = self._backpropagate(xs, y, weights)
-        self.optimizer.apply(self.trainable_weights, self._gradients)
+        with self._update_lock:
+            loss, out, mask = self._backpropagate(xs, y, weights)
+            self.optimizer.apply(self.trainable_weights, self._gradients)
         return loss, out, mask
 
     def _train_share(self, xs, y, weights, batch, shuffle, replicas, metrics):
@@ -467,15 +488,16 @@ class Model:
         global batch's loss."""
         mine = replicas.share(batch)
         loss = 0.0
-        if len(mine):
-            xb, yb, wb = _take(xs, y, weights, mine, shuffle)
-            loss, out, mask = self._backpropagate(xb, yb, wb)
-            _update_metrics(metrics, yb, out, mask)
-        else:  # a short last batch left this rank nothing: it adds zeros
-            for layer in self.layers:
-                layer.zero_grad()
-        loss = replicas.sum_gradients(self._gradients, len(mine) / len(batch), loss)
-        self.optimizer.apply(self.trainable_weights, self._gradients)
+        with self._update_lock:
+            if len(mine):
+                xb, yb, wb = _take(xs, y, weights, mine, shuffle)
+                loss, out, mask = self._backpropagate(xb, yb, wb)
+                _update_metrics(metrics, yb, out, mask)
+            else:  # a short last batch left this rank nothing: it adds zeros
+                for layer in self.layers:
+                    layer.zero_grad()
+            loss = replicas.sum_gradients(self._gradients, len(mine) / len(batch), loss)
+            self.optimizer.apply(self.trainable_weights, self._gradients)
         return loss
 
     def _writes_files(self):
@@ -805,7 +827,7 @@ class Sequential(Model):
     # "TypeError: 'NoneType' object is not subscriptable" from the unbuilt layer).
     def _build_declared(self):
         if not self.built and self._declared_shape is not None and self.layers:
-            self.build((None,) + tuple(self._declared_shape))  # declared by cgru.Input
+            self._build_once(self.build, (None,) + tuple(self._declared_shape))  # cgru.Input
 
     def _require_built(self, what):
         self._build_declared()

@@ -97,20 +97,24 @@ def save_model(model, path, include_optimizer=True, metadata=None):
     description = architecture(model)
     description.update({
         "format_version": FORMAT_VERSION,
-        "rng_state": model.rng.bit_generator.state,
         "metadata": metadata if metadata is not None else {},
         "compile": None,
     })
-    arrays = {f"weights/{l.name}/{k}": v for l in model.layers for k, v in l.params.items()}
-    if model.loss is not None:
-        description["compile"] = {
-            "optimizer": _optimizers.serialize(model.optimizer),
-            "loss": _losses.serialize(model.loss), "metrics": model.metric_names,
-            "optimizer_iterations": None}
-        if include_optimizer:
-            slots, iterations = model.optimizer.get_state()
-            description["compile"]["optimizer_iterations"] = iterations
-            arrays.update({f"optimizer/{k}": v for k, v in slots.items()})
+    # copies taken between two training updates (another thread may be training the model):
+    # the file holds one update's weights, optimizer state and generator, and is written after
+    with model._update_lock:
+        description["rng_state"] = model.rng.bit_generator.state
+        arrays = {f"weights/{l.name}/{k}": v.copy() for l in model.layers
+                  for k, v in l.params.items()}
+        if model.loss is not None:
+            description["compile"] = {
+                "optimizer": _optimizers.serialize(model.optimizer),
+                "loss": _losses.serialize(model.loss), "metrics": model.metric_names,
+                "optimizer_iterations": None}
+            if include_optimizer:
+                slots, iterations = model.optimizer.get_state()
+                description["compile"]["optimizer_iterations"] = iterations
+                arrays.update({f"optimizer/{k}": v.copy() for k, v in slots.items()})
     try:
         text = json.dumps(description, allow_nan=False)
     except TypeError as e:

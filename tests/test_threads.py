@@ -371,6 +371,30 @@ def test_the_first_predict_calls_from_two_threads_build_the_model_once():
             np.testing.assert_array_equal(answer, final)
 
 
+def test_a_get_weights_racing_the_first_predict_sees_the_one_build():
+    # a declared Sequential builds on either call (get_weights builds it as Keras does); the
+    # build runs once, with the weights a model built alone has
+    x = np.random.default_rng(0).random((4, 10, 4)).astype(np.float32)
+    alone = _served_model().get_weights()
+    for _ in range(20):
+        model = _served_model()
+        start = threading.Barrier(2)
+        seen, errors = {}, []
+
+        def use(i):
+            start.wait()
+            try:
+                seen[i] = model.predict(x) if i == 0 else model.get_weights()
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(repr(e))
+
+        run_in_threads(use, 2)
+        assert errors == []
+        for got, want in zip(seen[1], alone):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(seen[0], model.predict(x))
+
+
 def _same(a, b):
     if a is b:
         return True
@@ -402,3 +426,59 @@ def test_predict_leaves_nothing_of_a_call_on_the_layers():
     for layer, old in zip(model.layers, before):
         changed = [k for k, v in vars(layer).items() if k not in old or not _same(v, old[k])]
         assert changed == [], f"{layer.name}: {changed}"
+
+
+def _fingerprint(model):
+    """Every weight, every optimizer slot and the update count, as bytes."""
+    slots, iterations = model.optimizer.get_state()
+    return (iterations, tuple(w.tobytes() for w in model.get_weights()),
+            tuple(slots[k].tobytes() for k in sorted(slots)))
+
+
+def test_a_save_from_another_thread_while_a_model_trains_writes_the_model_between_two_updates(
+        tmp_path):
+    # a service training in one thread and saving snapshots from another: every file holds the
+    # weights and optimizer state of one update, never a mix of two
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 6, 3)).astype(np.float32)
+    y = rng.random((8, 1)).astype(np.float32)
+    updates = 300
+
+    def fresh():
+        model = cgru.Sequential([cgru.Input((6, 3)), cgru.layers.GRU(8, return_sequences=True),
+                                 cgru.layers.GRU(8), cgru.layers.Dense(1)], seed=0)
+        model.compile("adam", "mse")
+        return model
+
+    replay = fresh()
+    after = {_fingerprint(replay)}
+    for _ in range(updates):
+        replay.train_on_batch(x, y)
+        after.add(_fingerprint(replay))
+
+    model = fresh()
+    failures = []
+
+    def train():
+        try:
+            for _ in range(updates):
+                model.train_on_batch(x, y)
+        except BaseException as e:  # noqa: BLE001 - the test reports it below
+            failures.append(e)
+
+    trainer = threading.Thread(target=train)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: a save meets updates mid-way
+    try:
+        trainer.start()
+        paths = []
+        while trainer.is_alive():
+            paths.append(tmp_path / f"snapshot{len(paths)}.npz")
+            model.save(paths[-1])
+        trainer.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert failures == []
+    assert len(paths) >= 2
+    mixed = [p.name for p in paths if _fingerprint(cgru.load_model(p)) not in after]
+    assert mixed == []
