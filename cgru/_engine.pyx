@@ -47,6 +47,7 @@ cdef extern from "cgru.h":
     const char *cgru_kernel_isa() nogil
     void cgru_set_bf16_dot_mode(int) nogil
     const char *cgru_bf16_kernel() nogil
+    int cgru_bf16_strip_pairs_of(int) nogil
     int cgru_cpus_available() nogil
     int cgru_fork_serial() nogil
     int cgru_fork_keeps_threads() nogil
@@ -356,16 +357,16 @@ def register_tiles():
 
 def bf16_strips_size(Py_ssize_t H):
     """Elements of a (3H, H) W_hh in bfloat16 strips (src_c/product.h)."""
-    return 3 * ((H + 15) // 16) * ((H + 1) // 2) * 32
+    return 3 * ((H + 15) // 16) * cgru_bf16_strip_pairs_of(H) * 32
 
 
 def bf16_strips(bits):
     """W_hh (3H, H) as bfloat16 bits (uint16) -> the engine's strips (3 S P, 32), S = ceil(H/16)
-    strips of 16 units per gate, P = ceil(H/2) pairs of k (src_c/product.h):
+    strips of 16 units per gate, P pairs of k (ceil(H/2) made odd: src_c/product.h):
     strips[(g S + s) P + p, 2 i + e] = W_hh[g H + 16 s + i, 2 p + e], 0 past H."""
     bits = np.asarray(bits, np.uint16)
     H = bits.shape[1]
-    S, P = (H + 15) // 16, (H + 1) // 2
+    S, P = (H + 15) // 16, cgru_bf16_strip_pairs_of(H)
     padded = np.zeros((3, 16 * S, 2 * P), np.uint16)
     padded[:, :H, :H] = bits.reshape(3, H, H)
     strips = padded.reshape(3, S, 16, P, 2).transpose(0, 1, 3, 2, 4)

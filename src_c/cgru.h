@@ -84,6 +84,8 @@ const char *cgru_register_tiles(void);
  * 0: widen, 1: the dot product where the CPU has it), for tests and comparisons. */
 void cgru_set_bf16_dot_mode(int mode);
 const char *cgru_bf16_kernel(void);
+/* Pairs of k per bfloat16 strip of W_hh for H hidden units (the layout: src_c/product.h). */
+int cgru_bf16_strip_pairs_of(int H);
 /* The instruction set the gate kernels run with on this CPU: the clone that GCC's target_clones
  * resolver picked where they are multiversioned (gates.h), else the one they were compiled for. */
 const char *cgru_kernel_isa(void);

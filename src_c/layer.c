@@ -54,6 +54,8 @@ int cgru_bf16_dot_mode = -1;
 
 void cgru_set_bf16_dot_mode(int mode) { cgru_bf16_dot_mode = mode < 0 ? -1 : (mode > 0); }
 
+int cgru_bf16_strip_pairs_of(int H) { return cgru_bf16_strip_pairs(H); }
+
 const char *cgru_bf16_kernel(void)
 {
     if (cgru_bf16_dot_preferred()) return "AVX512_BF16 dot products (vdpbf16ps)";

@@ -402,7 +402,7 @@ static inline __attribute__((always_inline)) void strips_store(
     const int run = gate_cols > 0 && gate_cols < N ? gate_cols : N;  /* columns per gate */    \
     const int per_run = (run + 15) / 16, n_runs = (N + run - 1) / run;                         \
     const int n_strips = n_runs * per_run, n_pairs = (K + 1) / 2;                              \
-    const long strip_elems = (long)n_pairs * 32;                                               \
+    const long strip_elems = (long)cgru_bf16_strip_pairs(K) * 32;                              \
     uint32_t pairs[STRIP_TILE_ROWS * STRIP_ROW_WORDS];                                         \
     for (int m = 0; m < M; m += STRIP_TILE_ROWS) {                                             \
         const int rows = M - m < STRIP_TILE_ROWS ? M - m : STRIP_TILE_ROWS;                    \

@@ -664,6 +664,20 @@ def test_a_gru_pickled_before_quantize_existed_loads_unquantized():
     assert old.quantized == "bfloat16"
 
 
+
+def test_a_quantized_gru_pickled_with_other_strips_lays_them_out_again_on_load():
+    # the strips are the engine's working layout, not the model: a pickle made by an engine that
+    # laid them out otherwise (here: zeros of another size) loads as the same bfloat16 GRU
+    gru = cgru.GRU(3, 128, seed=2).quantize("bfloat16")
+    state = gru.__getstate__()
+    state["_bfloat16"] = {k: np.zeros((v.shape[0] - 3, 32), np.uint16)
+                          for k, v in state["_bfloat16"].items()}
+    old = cgru.GRU.__new__(cgru.GRU)
+    old.__setstate__(state)
+    x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(old(x)[0], gru(x)[0])
+    np.testing.assert_array_equal(old.step(x[0]), gru.step(x[0]))
+
 # ---- model files ------------------------------------------------------------------------------
 
 def bidirectional_model():
