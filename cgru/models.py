@@ -185,8 +185,13 @@ class Model:
         return sum(layer.count_params() for layer in self.layers)
 
     def get_weights(self) -> list[Array]:
-        """Every layer's weights, in Keras's layout and order."""
+        """Every layer's weights, in Keras's layout and order (copies, taken between two
+        training updates when another thread trains the model)."""
         self._build_declared()
+        with self._update_lock:
+            return self._weights_unlocked()
+
+    def _weights_unlocked(self):
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights: Iterable[ArrayLike]) -> None:
@@ -197,7 +202,7 @@ class Model:
         if len(weights) != expected:
             raise ValueError(f"set_weights: the model takes {expected} arrays, got {len(weights)}")
         with self._update_lock:
-            before = self.get_weights()
+            before = self._weights_unlocked()
             try:
                 i = 0
                 for layer in self.layers:

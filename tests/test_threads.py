@@ -435,10 +435,11 @@ def _fingerprint(model):
             tuple(slots[k].tobytes() for k in sorted(slots)))
 
 
-def test_a_save_from_another_thread_while_a_model_trains_writes_the_model_between_two_updates(
+def test_a_save_or_get_weights_from_another_thread_while_a_model_trains_lands_between_two_updates(
         tmp_path):
-    # a service training in one thread and saving snapshots from another: every file holds the
-    # weights and optimizer state of one update, never a mix of two
+    # a service training in one thread and taking snapshots from another: every file holds the
+    # weights and optimizer state of one update, and every get_weights one update's weights,
+    # never a mix of two
     rng = np.random.default_rng(0)
     x = rng.random((8, 6, 3)).astype(np.float32)
     y = rng.random((8, 1)).astype(np.float32)
@@ -471,10 +472,11 @@ def test_a_save_from_another_thread_while_a_model_trains_writes_the_model_betwee
     sys.setswitchinterval(1e-5)  # threads take turns often: a save meets updates mid-way
     try:
         trainer.start()
-        paths = []
+        paths, weights_seen = [], []
         while trainer.is_alive():
             paths.append(tmp_path / f"snapshot{len(paths)}.npz")
             model.save(paths[-1])
+            weights_seen.append(tuple(w.tobytes() for w in model.get_weights()))
         trainer.join()
     finally:
         sys.setswitchinterval(switch)
@@ -482,3 +484,5 @@ def test_a_save_from_another_thread_while_a_model_trains_writes_the_model_betwee
     assert len(paths) >= 2
     mixed = [p.name for p in paths if _fingerprint(cgru.load_model(p)) not in after]
     assert mixed == []
+    weights_after = {weights for _, weights, _ in after}
+    assert sum(w not in weights_after for w in weights_seen) == 0
