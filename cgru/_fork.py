@@ -6,10 +6,10 @@ that thread does not exist: a GRU being trained in one thread while the main thr
 that GRU. Every lock cgru holds across an engine call or a decision comes from `fork_safe_lock`:
 in a fork child each one starts unlocked (`os.register_at_fork`), whatever it was in the parent.
 
-They are plain `threading.Lock` objects, not a Python wrapper: a wrapper's `__enter__` and
-`__exit__` are Python calls, where a KeyboardInterrupt (Ctrl-C, a notebook's "interrupt") can land
-after the lock is taken and before the `with` block owns it, leaving it held for ever; a
-`threading.Lock` is taken and released in C.
+They are plain `threading.Lock` (or `RLock`) objects, not a Python wrapper: a wrapper's
+`__enter__` and `__exit__` are Python calls, where a KeyboardInterrupt (Ctrl-C, a notebook's
+"interrupt") can land after the lock is taken and before the `with` block owns it, leaving it
+held for ever; these are taken and released in C.
 """
 import os
 import threading
@@ -18,9 +18,10 @@ import weakref
 _every_lock = weakref.WeakSet()
 
 
-def fork_safe_lock():
-    """A new `threading.Lock` that is unlocked again in a fork child."""
-    lock = threading.Lock()
+def fork_safe_lock(reentrant=False):
+    """A new `threading.Lock` (reentrant: `threading.RLock`, which the thread holding it may
+    take again) that is unlocked again in a fork child."""
+    lock = threading.RLock() if reentrant else threading.Lock()
     _every_lock.add(lock)
     return lock
 

@@ -86,9 +86,11 @@ class Model:
             self._set_graph(inputs, outputs)
 
     def _init_update_lock(self):
-        # held through each training update (forward, backward, optimizer step), and by save
-        # and set_weights: from another thread, they land between two updates, never inside one
-        self._update_lock = fork_safe_lock()
+        # held through each training update (forward, backward, optimizer step), and by save,
+        # get_weights and set_weights: from another thread, they land between two updates, never
+        # inside one; reentrant, so that code run inside an update (a custom loss, say) may call
+        # them too
+        self._update_lock = fork_safe_lock(reentrant=True)
 
     def __getstate__(self):
         state = self.__dict__.copy()

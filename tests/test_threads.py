@@ -371,6 +371,26 @@ def test_the_first_predict_calls_from_two_threads_build_the_model_once():
             np.testing.assert_array_equal(answer, final)
 
 
+def test_a_loss_that_reads_the_model_inside_a_training_update_does_not_wait_for_itself():
+    # the update lock is reentrant: code that runs inside an update (here a custom loss logging
+    # the weights) may call get_weights or save on the model it is updating
+    class LoggingLoss(cgru.losses.MeanSquaredError):
+        seen = []
+
+        def __call__(self, y_true, y_pred):
+            self.seen.append(len(model.get_weights()))
+            return super().__call__(y_true, y_pred)
+
+    model = cgru.Sequential([cgru.Input((5, 2)), cgru.layers.GRU(4), cgru.layers.Dense(1)],
+                            seed=0)
+    model.compile("adam", LoggingLoss())
+    x, y = np.ones((3, 5, 2), np.float32), np.ones((3, 1), np.float32)
+    trainer = threading.Thread(target=model.train_on_batch, args=(x, y), daemon=True)
+    trainer.start()
+    trainer.join(timeout=60)
+    assert not trainer.is_alive(), "train_on_batch waited for its own update lock"
+    assert LoggingLoss.seen == [5]
+
 def test_a_get_weights_racing_the_first_predict_sees_the_one_build():
     # a declared Sequential builds on either call (get_weights builds it as Keras does); the
     # build runs once, with the weights a model built alone has
