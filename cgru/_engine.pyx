@@ -53,6 +53,7 @@ cdef extern from "cgru.h":
     int cgru_fork_keeps_threads() nogil
     long cgru_stalls_seen() nogil
     int cgru_calls_in_flight() nogil
+    void cgru_install_fork_handlers() nogil
     void cgru_reset_contention() nogil
     void cgru_set_cpus_override(int) nogil
     void cgru_set_solo_test(int) nogil
@@ -157,6 +158,7 @@ cdef void *_blas_pointer(str name) except NULL:
 
 cgru_register_blas(<cgru_sgemm_fn>_blas_pointer("sgemm"), <cgru_dgemm_fn>_blas_pointer("dgemm"),
                    <cgru_sgemv_fn>_blas_pointer("sgemv"), <cgru_dgemv_fn>_blas_pointer("dgemv"))
+cgru_install_fork_handlers()  # after the BLAS loaded: its fork handlers then run after cgru's
 
 
 def _find_scipy_openblas():

@@ -313,10 +313,13 @@ class GRU:
         state.setdefault("_bfloat16_of", {})
         state.pop("_step_names", None)  # a pickle from before StepLayout
         self.__dict__.update(state)
-        for name, value in self._bfloat16_of.items():  # unpickled arrays come back writeable
+        for value in self._bfloat16_of.values():  # unpickled arrays come back writeable
             value.flags.writeable = False
-            # the strips are laid out again: a pickle from an engine with another layout loads too
-            self._bfloat16[name] = _aligned(_engine.bf16_strips(to_bfloat16_bits(value)))
+        if self._bfloat16 is not None:
+            # the strips laid out again (a new dict: copy.copy shares the state's): a pickle from
+            # an engine that laid them out otherwise loads too
+            self._bfloat16 = {name: _aligned(_engine.bf16_strips(to_bfloat16_bits(value)))
+                              for name, value in self._bfloat16_of.items()}
         self._init_run_state()
         _Parameter.register(self._shapes)
 

@@ -442,8 +442,9 @@ class Model:
         self._require_trainable("gradients")
         xs = self._inputs(x)
         y = self._targets(y, len(xs[0]))
-        loss, _, _ = self._backpropagate(xs, y, None, dropout=training)
-        return loss, {k: g.copy() for k, g in self._gradients.items()}
+        with self._update_lock:  # the gradients buffers are the training updates' own
+            loss, _, _ = self._backpropagate(xs, y, None, dropout=training)
+            return loss, {k: g.copy() for k, g in self._gradients.items()}
 
     def _loss(self, y, out, mask, weights, with_gradient):
         """The batch's loss (and d loss / d out) as Keras reduces it: the mean over positions;

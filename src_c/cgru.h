@@ -54,6 +54,8 @@ int cgru_fork_serial(void);
 int cgru_fork_keeps_threads(void);
 /* Engine calls running now, in any thread (a fork waits for them; tests). */
 int cgru_calls_in_flight(void);
+/* Registers the fork handlers (threads.c); the module calls it once, after registering the BLAS. */
+void cgru_install_fork_handlers(void);
 /* Stalled teams so far, and a reset of the back-off they cause (tests, benchmarks). */
 long cgru_stalls_seen(void);
 void cgru_reset_contention(void);

@@ -353,6 +353,21 @@ __attribute__((constructor)) static void threads_init(void)
 {
     calibrate_ticks();
     cgroup_cpus = read_cgroup_cpus();
+}
+
+/* Once the BLAS is loaded (the module's import does both): fork handlers run their prepare
+ * steps in the reverse order of registration, so registering after OpenBLAS (at its load) and
+ * the OpenMP runtime (at its first call, made here; LLVM's libomp registers then) puts the wait
+ * for calls in flight before their own steps. Otherwise their prepare steps would run first and
+ * hold their locks or stop their threads while a call in flight still needs them: libomp's
+ * fork-join lock, which the call's next parallel region waits for, would hang the process. */
+void cgru_install_fork_handlers(void)
+{
+    static atomic_flag installed = ATOMIC_FLAG_INIT;
+    if (atomic_flag_test_and_set(&installed)) return;
+#ifdef _OPENMP
+    (void)omp_get_max_threads();
+#endif
 #if defined(__unix__) || defined(__APPLE__)
     pthread_atfork(before_fork, in_parent, in_child);
 #endif
