@@ -44,6 +44,11 @@ def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
     return np.where(nan, (bits | np.uint32(0x00400000)) >> 16, rounded).astype(np.uint16)
 
 
+def _strips(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
+    """W_hh's bfloat16 bits laid out as the engine reads them (_engine.bf16_strips)."""
+    return _aligned(_engine.bf16_strips(bits))
+
+
 def from_bfloat16_bits(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     """The float32 values of bfloat16 bits (exact)."""
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -318,7 +323,7 @@ class GRU:
         if self._bfloat16 is not None:
             # the strips laid out again (a new dict: copy.copy shares the state's): a pickle from
             # an engine that laid them out otherwise loads too
-            self._bfloat16 = {name: _aligned(_engine.bf16_strips(to_bfloat16_bits(value)))
+            self._bfloat16 = {name: _strips(to_bfloat16_bits(value))
                               for name, value in self._bfloat16_of.items()}
         self._init_run_state()
         _Parameter.register(self._shapes)
@@ -449,7 +454,7 @@ class GRU:
         value = _aligned(from_bfloat16_bits(bits))
         value.flags.writeable = False
         self.params[name] = value
-        self._bfloat16[name] = _aligned(_engine.bf16_strips(bits))
+        self._bfloat16[name] = _strips(bits)
         self._bfloat16_of[name] = value
 
     def _refresh_bfloat16(self, checked=False):

@@ -191,10 +191,7 @@ class Model:
         training updates when another thread trains the model)."""
         self._build_declared()
         with self._update_lock:
-            return self._weights_unlocked()
-
-    def _weights_unlocked(self):
-        return [w for layer in self.layers for w in layer.get_weights()]
+            return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights: Iterable[ArrayLike]) -> None:
         """Set weights from a list like get_weights() returns; checks all before changing any."""
@@ -203,20 +200,20 @@ class Model:
         expected = sum(len(layer.get_weights()) for layer in self.layers)
         if len(weights) != expected:
             raise ValueError(f"set_weights: the model takes {expected} arrays, got {len(weights)}")
-        with self._update_lock:
-            before = self._weights_unlocked()
+
+        def assign(arrays):
+            i = 0
+            for layer in self.layers:
+                n = len(layer.get_weights())
+                layer.set_weights(arrays[i:i + n])
+                i += n
+
+        with self._update_lock:  # reentrant: get_weights takes it again
+            before = self.get_weights()
             try:
-                i = 0
-                for layer in self.layers:
-                    n = len(layer.get_weights())
-                    layer.set_weights(weights[i:i + n])
-                    i += n
+                assign(weights)
             except Exception:
-                i = 0
-                for layer in self.layers:
-                    n = len(layer.get_weights())
-                    layer.set_weights(before[i:i + n])
-                    i += n
+                assign(before)
                 raise
 
     def reset_states(self) -> None:
