@@ -648,15 +648,22 @@ cdef inline cnp.ndarray _step_operand(object a, str name, StepLayout layout):
     return arr
 
 
-def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16=None):
+def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16=None,
+             dict rounded=None):
     """One time step through the layers of a unidirectional GRU (cgru.GRU.step): checks its
     arguments as precisely as the Python layer would, in C, because it runs once per time step.
 
     params: the GRU's parameter dict, by layout's names; x_t (B, I) with h (L, B, H), or x_t (I,)
     with h (L, H); out: None or an array of h's shape; bfloat16: None, or the W_hh of every
-    layer in bfloat16 strips (bf16_strips, by the same names) of a quantized float32 GRU.
-    Returns out, or a new array."""
+    layer in bfloat16 strips (bf16_strips, by the same names) of a quantized float32 GRU, and
+    rounded the params entries they were made from. Returns out, or a new array; None, having
+    done nothing, when a params W_hh is no longer the one its strips were made from (replaced
+    since: the caller rounds the new one and calls again)."""
     cdef int L = layout.layers, I = layout.inputs, H = layout.units, type_num = layout.type_num
+    if bfloat16 is not None:
+        for name in layout.n_hh:
+            if params.get(name) is not rounded.get(name):
+                return None
     cdef bint reset_after = layout.reset_after, bias = layout.bias
     dtype = layout.dtype
     cdef cnp.ndarray xa = _step_operand(x_t, "x_t", layout), ha = _step_operand(h, "h", layout)

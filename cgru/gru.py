@@ -903,9 +903,11 @@ class GRU:
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
         # reads as few attributes as it can: each costs tens of nanoseconds)
         bfloat16 = self._bfloat16
-        if bfloat16 is not None:
+        new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
+        if new_h is None:  # a quantized W_hh replaced since it was rounded
             self._refresh_bfloat16()
-        return _engine.gru_step(self.params, x_t, h, out, layout, bfloat16)
+            new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
+        return new_h
 
     def _zero_state(self, x_t):
         """step()'s zero state for x_t: (num_layers, B, hidden_size), or (num_layers,
