@@ -904,7 +904,7 @@ class GRU:
         # reads as few attributes as it can: each costs tens of nanoseconds)
         bfloat16 = self._bfloat16
         new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
-        if new_h is None:  # a quantized W_hh replaced since it was rounded
+        while new_h is None:  # a quantized W_hh replaced since it was rounded (by now, again)
             self._refresh_bfloat16()
             new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
         return new_h
