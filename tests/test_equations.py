@@ -42,12 +42,37 @@ def test_reset_after_and_reset_before_are_different_models():
     assert not np.allclose(after(x)[0], before(x)[0])
 
 
-def test_float32_sigmoid_and_tanh_stay_within_1e_6_of_exact():
-    x = np.linspace(-40, 40, 4_000_001, dtype=np.float32)
+def _every_float32(step, below):
+    """Every step-th float32 of magnitude below `below`, both signs, with +-0 and the last below."""
+    top = np.array(below, np.float32).view(np.uint32)
+    bits = np.concatenate([np.arange(0, top, step, dtype=np.uint32), [top - 1]])
+    magnitudes = bits.view(np.float32)
+    return np.concatenate([magnitudes, -magnitudes])
+
+
+def test_float32_sigmoid_and_tanh_stay_within_4e_7_of_exact_and_in_their_ranges():
+    x = _every_float32(61, 20.0)
     sigmoid, tanh = _engine.activations(x)
     exact = x.astype(np.float64)
-    assert np.max(np.abs(sigmoid - 1 / (1 + np.exp(-exact)))) < 1e-6
-    assert np.max(np.abs(tanh - np.tanh(exact))) < 1e-6
+    assert np.max(np.abs(sigmoid - 1 / (1 + np.exp(-exact)))) < 2.5e-7
+    assert np.max(np.abs(tanh - np.tanh(exact))) < 4e-7
+    assert sigmoid.min() >= 0 and sigmoid.max() <= 1
+    assert tanh.min() >= -1 and tanh.max() <= 1
+    saturated = np.abs(x) >= 8  # where 1 - tanh x < 2.3e-7: exactly +-1, so a closed gate is closed
+    np.testing.assert_array_equal(tanh[saturated], np.sign(x[saturated]))
+    np.testing.assert_array_equal(sigmoid[np.abs(x) >= 16], x[np.abs(x) >= 16] > 0)
+
+
+def test_float32_tanh_is_odd_and_accurate_relative_to_its_value_near_zero():
+    x = _every_float32(61, 0.5)
+    _, tanh = _engine.activations(x)
+    half = len(x) // 2
+    np.testing.assert_array_equal(tanh[half:], -tanh[:half])
+    np.testing.assert_array_equal(np.signbit(tanh), np.signbit(x))
+    nonzero = x != 0
+    relative = np.abs(tanh[nonzero] - np.tanh(x[nonzero].astype(np.float64))) / np.abs(
+        np.tanh(x[nonzero].astype(np.float64)))
+    assert relative.max() < 5 * np.finfo(np.float32).eps
 
 
 def _ulps(actual, exact):
