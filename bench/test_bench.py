@@ -228,25 +228,26 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                                 blas_kernel=blas_architecture())
 
 
-# quantize("bfloat16") against float32, same weights: (T, B, H) with I = 32; streaming and small
-# batches (what bfloat16 weights are for) and a large batch for the record
+# quantize("bfloat16") and quantize("bfloat16_all") against float32, same weights: (T, B, H) with
+# I = 32; streaming and small batches (what bfloat16 weights are for) and a large batch for the
+# record
 QUANTIZED_SHAPES = [(1000, 1, 128), (1000, 1, 512), (200, 8, 128), (200, 8, 512), (50, 128, 512)]
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bfloat16_all"])
 @pytest.mark.parametrize("call", ["step()", "whole sequence"])
 @pytest.mark.parametrize("shape", QUANTIZED_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
 def test_quantized(benchmark, shape, call, precision, sgemm_gflops):
-    """cgru.GRU(seed=0) in float32 and after quantize("bfloat16"), one call per step from
-    Python (step()) or one call for the sequence; the bfloat16 final state is checked against
-    float32's first (within the accuracy contract, 1e-2)."""
+    """cgru.GRU(seed=0) in float32 and after quantize(precision), one call per step from Python
+    (step()) or one call for the sequence; the bfloat16 final state is checked against float32's
+    first (within the accuracy contract, 1e-2)."""
     T, B, H = shape
     _, x = problem(T, B, STREAM_I, H)
     cgru.set_num_threads(THREADS)
     reference = cgru.GRU(STREAM_I, H, seed=0).eval()
     gru = cgru.GRU(STREAM_I, H, seed=0).eval()
-    if precision == "bfloat16":
-        gru.quantize("bfloat16")
+    if precision != "float32":
+        gru.quantize(precision)
     h = np.zeros((1, B, H), np.float32)
     if call == "step()":
         def run():

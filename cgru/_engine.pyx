@@ -95,7 +95,8 @@ cdef extern from "cgru.h":
                               int, int, int, int, int, int) nogil
 
     cgru_status cgru_step_bf16(float*, const float*, const float*, const float* const*,
-                               const uint16_t* const*, const float* const*, const float* const*,
+                               const uint16_t* const*, const uint16_t* const*,
+                               const float* const*, const float* const*,
                                int, int, int, int, int, int) nogil
 
     void cgru_activations_f32(float*, float*, const float*, long) nogil
@@ -357,20 +358,21 @@ def register_tiles():
     return cgru_register_tiles().decode()
 
 
-def bf16_strips_size(Py_ssize_t H):
-    """Elements of a (3H, H) W_hh in bfloat16 strips (src_c/product.h)."""
-    return 3 * ((H + 15) // 16) * cgru_bf16_strip_pairs_of(H) * 32
+def bf16_strips_size(Py_ssize_t H, Py_ssize_t K):
+    """Elements of weights (3H, K) (W_hh: K = H) in bfloat16 strips (src_c/product.h)."""
+    return 3 * ((H + 15) // 16) * cgru_bf16_strip_pairs_of(K) * 32
 
 
 def bf16_strips(bits):
-    """W_hh (3H, H) as bfloat16 bits (uint16) -> the engine's strips (3 S P, 32), S = ceil(H/16)
-    strips of 16 units per gate, P pairs of k (ceil(H/2) made odd: src_c/product.h):
-    strips[(g S + s) P + p, 2 i + e] = W_hh[g H + 16 s + i, 2 p + e], 0 past H."""
+    """Weights (3H, K) (W_hh, or W_ih) as bfloat16 bits (uint16) -> the engine's strips
+    (3 S P, 32), S = ceil(H/16) strips of 16 units per gate, P pairs of k (ceil(K/2) made odd:
+    src_c/product.h): strips[(g S + s) P + p, 2 i + e] = W[g H + 16 s + i, 2 p + e], 0 past H
+    and K."""
     bits = np.asarray(bits, np.uint16)
-    H = bits.shape[1]
-    S, P = (H + 15) // 16, cgru_bf16_strip_pairs_of(H)
+    H, K = bits.shape[0] // 3, bits.shape[1]
+    S, P = (H + 15) // 16, cgru_bf16_strip_pairs_of(K)
     padded = np.zeros((3, 16 * S, 2 * P), np.uint16)
-    padded[:, :H, :H] = bits.reshape(3, H, H)
+    padded[:, :H, :K] = bits.reshape(3, H, K)
     strips = padded.reshape(3, S, 16, P, 2).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(strips).reshape(3 * S * P, 32)
 
@@ -488,7 +490,7 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     if bf16 and (dt is not _FLOAT32 or training):
         raise TypeError("layer_forward: bfloat16 weights run a float32 inference forward only")
     cdef void *pw_hh = _data(w_hh, _BFLOAT16_BITS if bf16 else dt,
-                             bf16_strips_size(H) if bf16 else G * H, "w_hh")
+                             bf16_strips_size(H, H) if bf16 else G * H, "w_hh")
     cdef void *pb_ih = _data(b_ih, dt, G, "b_ih", optional=True)
     cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
@@ -656,13 +658,13 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
     params: the GRU's parameter dict, by layout's names; x_t (B, I) with h (L, B, H), or x_t (I,)
     with h (L, H); out: None or an array of h's shape; bfloat16: None, or the W_hh of every
     layer in bfloat16 strips (bf16_strips, by the same names) of a quantized float32 GRU, and
-    rounded the params entries they were made from. Returns out, or a new array; None, having
-    done nothing, when a params W_hh is no longer the one its strips were made from (replaced
-    since: the caller rounds the new one and calls again)."""
+    every W_ih too or none, and rounded the params entries they were made from. Returns out, or
+    a new array; None, having done nothing, when a params entry is no longer the one its strips
+    were made from (replaced since: the caller rounds the new one and calls again)."""
     cdef int L = layout.layers, I = layout.inputs, H = layout.units, type_num = layout.type_num
     if bfloat16 is not None:
-        for name in layout.n_hh:
-            if params.get(name) is not rounded.get(name):
+        for name, value in rounded.items():
+            if params.get(name) is not value:
                 return None
     cdef bint reset_after = layout.reset_after, bias = layout.bias
     dtype = layout.dtype
@@ -705,19 +707,25 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
 
     cdef const void *wi[64]
     cdef const void *wh[64]
+    cdef const void *wi16[64]
+    cdef bint inputs16 = bfloat16 is not None and layout.n_ih[0] in bfloat16
     cdef const void *bi[64]
     cdef const void *bh[64]
-    cdef int l, G = 3 * H
+    cdef int l, K, G = 3 * H
     cdef tuple n_ih = layout.n_ih, n_hh = layout.n_hh, nb_ih = layout.nb_ih, nb_hh = layout.nb_hh
     cdef list held = []
     for l in range(L):
-        wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G,
-                                             I if l == 0 else H, held))
+        K = I if l == 0 else H
+        wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G, K, held))
+        if inputs16:
+            wi16[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_ih[l], cnp.NPY_UINT16,
+                                                   _BFLOAT16_BITS, bf16_strips_size(H, K) // 32,
+                                                   32, held))
         if bfloat16 is None:
             wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
         else:
             wh[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_hh[l], cnp.NPY_UINT16,
-                                                 _BFLOAT16_BITS, bf16_strips_size(H) // 32, 32,
+                                                 _BFLOAT16_BITS, bf16_strips_size(H, H) // 32, 32,
                                                  held))
         if bias:
             bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
@@ -735,7 +743,9 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
             raise TypeError("step: bfloat16 weights belong to a float32 GRU")
         with nogil:
             status = cgru_step_bf16(<float*>pout, <float*>pin, <float*>px,
-                                    <const float* const*>wi, <const uint16_t* const*>wh,
+                                    <const float* const*>wi,
+                                    <const uint16_t* const*>wi16 if inputs16 else NULL,
+                                    <const uint16_t* const*>wh,
                                     <const float* const*>bi if bias else NULL,
                                     <const float* const*>bh if bias else NULL,
                                     L, b, I, H, reset_after, n_threads)

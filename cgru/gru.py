@@ -31,8 +31,8 @@ _thread_workspaces = threading.local()
 PREFERRED_BATCH_BLOCK = 256
 
 
-# What GRU.quantize takes: bfloat16 recurrent weights (the only mode so far).
-QUANTIZATION_MODES = ("bfloat16",)
+# What GRU.quantize takes, and the weights each stores in bfloat16 (by their index in _names).
+QUANTIZATION_MODES = {"bfloat16": (1,), "bfloat16_all": (0, 1)}
 
 
 def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
@@ -45,7 +45,7 @@ def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
 
 
 def _strips(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """W_hh's bfloat16 bits laid out as the engine reads them (_engine.bf16_strips)."""
+    """A weight's bfloat16 bits laid out as the engine reads them (_engine.bf16_strips)."""
     return _aligned(_engine.bf16_strips(bits))
 
 
@@ -187,8 +187,9 @@ class GRU:
         self.batch_first = batch_first
         self._set_dropout(dropout, stacklevel=3)
         self.training = True
-        # quantize(): W_hh of every layer and direction in bfloat16 strips by name, with the
-        # read-only float32 array (its exact value) that params holds for each
+        # quantize(): W_hh (and W_ih with "bfloat16_all") of every layer and direction in
+        # bfloat16 strips by name, with the read-only float32 array (its exact value) that
+        # params holds for each
         self._bfloat16: dict[str, npt.NDArray[np.uint16]] | None = None
         self._bfloat16_of: dict[str, FloatArray] = {}
         self._rng = np.random.default_rng(seed)
@@ -410,8 +411,10 @@ class GRU:
 
     @property
     def quantized(self) -> str | None:
-        """None, or the mode quantize() stored the weights in ("bfloat16")."""
-        return None if self._bfloat16 is None else "bfloat16"
+        """None, or the mode quantize() stored the weights in ("bfloat16", "bfloat16_all")."""
+        if self._bfloat16 is None:
+            return None
+        return "bfloat16_all" if self._names(0, 0)[0] in self._bfloat16 else "bfloat16"
 
     def quantize(self, mode: str) -> Self:
         """Store the recurrent weights in reduced precision for faster inference, in place (as
@@ -422,9 +425,12 @@ class GRU:
         AVX512_BF16's dot product where the CPU has it, an exact float32 emulation elsewhere).
         Inputs, outputs, states, W_ih and biases stay float32. Per time step the recurrent
         product then reads half the bytes, which is what bounds streaming and small batches.
+        mode "bfloat16_all": every W_ih (weight_ih_l*) is rounded to the nearest bfloat16 too,
+        and multiplied with the inputs as they are (float32 products of the rounded weights):
+        step() then reads half the bytes for its input product as well.
         The GRU becomes inference-only: `train()`, a training forward and `backward` raise.
 
-        Afterwards params holds each W_hh's rounded value, read-only; assigning a weight
+        Afterwards params holds each rounded weight's value, read-only; assigning one
         (`gru.weight_hh_l0 = w`, `load_state_dict`, replacing the params entry) rounds the new
         value to bfloat16 in turn. Quantize a copy (`copy.deepcopy(gru).quantize(mode)`) to keep
         a trainable float32 GRU.
@@ -444,11 +450,13 @@ class GRU:
         self._bfloat16 = {}
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
-                self._round_to_bfloat16(self._names(layer, d)[1])
+                names = self._names(layer, d)
+                for kind in QUANTIZATION_MODES[mode]:
+                    self._round_to_bfloat16(names[kind])
         return self
 
     def _round_to_bfloat16(self, name):
-        """W_hh `name` into bfloat16, laid out as the engine reads it (_engine.bf16_strips), with
+        """Weight `name` into bfloat16, laid out as the engine reads it (_engine.bf16_strips), with
         its exact float32 value as a read-only params entry."""
         bits = to_bfloat16_bits(self.params[name])
         value = _aligned(from_bfloat16_bits(bits))
@@ -458,7 +466,7 @@ class GRU:
         self._bfloat16_of[name] = value
 
     def _refresh_bfloat16(self, checked=False):
-        """A W_hh entry of params replaced since it was rounded is rounded in its turn, once
+        """A rounded entry of params replaced since it was rounded is rounded in its turn, once
         _checked_params has checked the new one (checked: it has)."""
         params = self.params
         for name, value in self._bfloat16_of.items():
@@ -904,7 +912,7 @@ class GRU:
         # reads as few attributes as it can: each costs tens of nanoseconds)
         bfloat16 = self._bfloat16
         new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
-        while new_h is None:  # a quantized W_hh replaced since it was rounded (by now, again)
+        while new_h is None:  # a rounded weight replaced since it was rounded (by now, again)
             self._refresh_bfloat16()
             new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
         return new_h

@@ -178,11 +178,14 @@ cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
                           const double *const *b_ih, const double *const *b_hh, int L, int B,
                           int I0, int H, int reset_after, int n_threads);
 
-/* The same step with every layer's W_hh in bfloat16 (see cgru_layer_forward_bf16). */
+/* The same step with every layer's W_hh in bfloat16 strips (see cgru_layer_forward_bf16), and
+ * W_ih too unless w_ih16 is NULL: then w_ih (float32) is read instead; else w_ih is unused.
+ * Strips of W_ih (3H, I_l) are laid out as W_hh's with K = I_l inputs (src_c/product.h). */
 cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
-                           const float *const *w_ih, const uint16_t *const *w_hh,
-                           const float *const *b_ih, const float *const *b_hh, int L, int B,
-                           int I0, int H, int reset_after, int n_threads);
+                           const float *const *w_ih, const uint16_t *const *w_ih16,
+                           const uint16_t *const *w_hh, const float *const *b_ih,
+                           const float *const *b_hh, int L, int B, int I0, int H,
+                           int reset_after, int n_threads);
 
 /* ---- The activations the engine uses, over an array (activations.c; for tests) ------------- */
 

@@ -176,7 +176,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int gates_now = reset_after ? 3 : 2;        /* r, z (and n) now */
                 FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
-                                 w_hh16 ? FN(strips_operand)(w_hh16, H, 0, j0, j1)
+                                 w_hh16 ? FN(strips_operand)(w_hh16, H, H, 0, j0, j1)
                                         : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                             H, own_slice_index, j0, j1,
                                                             reset_after, 0, 0),
@@ -194,7 +194,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     w_hh16 ? FN(strips_operand)(w_hh16, H, 2, j0, j1)
+                                     w_hh16 ? FN(strips_operand)(w_hh16, H, H, 2, j0, j1)
                                            : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                                H, own_slice_index, j0, j1,
                                                                reset_after, 0, 1),

@@ -20,13 +20,17 @@
  *           half the bytes of float32 per step, and with AVX512_BF16 half the instructions. The
  *           only kernel for bfloat16 weights, at every batch size, so that a row's result never
  *           depends on the batch it came in.
+ *   STRIPS_BF16_EXACT  W_ih in bfloat16 strips (a GRU quantized with mode "bfloat16_all"),
+ *           times A as it is: the weights widened to float32 in registers, A not rounded, so
+ *           the products are those of float32 arithmetic on the rounded weights, as the
+ *           sequence forward's BLAS computes them from params. step()'s input product only.
  *
- * bfloat16 strips: the layout a quantized GRU keeps W_hh in (cgru.GRU.quantize makes it), read
- * by both the sequence loop and step() without packing. Each gate's (H, H) block on its own, as
- * S = ceil(H/16) strips of 16 output units, each strip P = cgru_bf16_strip_pairs(H) pairs of k
- * (ceil(H/2), made odd), each pair the 16 units' weights for k = 2p and 2p + 1 side by side
- * (64 bytes, one vector):
- *   w16[((g S + s) P + p) 32 + 2 i + e] = W_hh[g H + 16 s + i][2 p + e]   (0 past H)
+ * bfloat16 strips: the layout a quantized GRU keeps W_hh (and with "bfloat16_all", W_ih) in
+ * (cgru.GRU.quantize makes it), read by both the sequence loop and step() without packing. For
+ * weights W (3H, K), each gate's (H, K) block on its own, as S = ceil(H/16) strips of 16 output
+ * units, each strip P = cgru_bf16_strip_pairs(K) pairs of k (ceil(K/2), made odd), each pair
+ * the 16 units' weights for k = 2p and 2p + 1 side by side (64 bytes, one vector):
+ *   w16[((g S + s) P + p) 32 + 2 i + e] = W[g H + 16 s + i][2 p + e]   (0 past H and K)
  * so one vector load gives 16 output units for two k, which is what vdpbf16ps multiplies by a
  * broadcast pair of the state. A tile reads up to 12 strips side by side, one pair of each at a
  * time: with strips a power-of-two multiple of 64 bytes long (H = 128: 4 KB), those 12 lines
@@ -53,6 +57,7 @@ typedef enum {
     CGRU_PRODUCT_PANELS,
     CGRU_PRODUCT_ROWS,
     CGRU_PRODUCT_STRIPS_BF16,
+    CGRU_PRODUCT_STRIPS_BF16_EXACT,
     CGRU_PRODUCT_PAIRS,
     CGRU_PRODUCT_BLAS,
 } cgru_product_kernel;
@@ -79,20 +84,22 @@ static inline int cgru_panels_preferred(void)
 #endif
 }
 
-/* Pairs of k a bfloat16 strip holds for K = H inputs: the ceil(K/2) it needs, made odd (the
- * last one then zeros where K/2 is even; see above). */
+/* Pairs of k a bfloat16 strip holds for K inputs: the ceil(K/2) it needs, made odd (the last
+ * one then zeros where K/2 is even; see above). */
 static inline int cgru_bf16_strip_pairs(int K) { return ((K + 1) / 2) | 1; }
 
-/* Elements from one gate's bfloat16 strips to the next gate's: S P 32. */
-static inline long cgru_bf16_gate_stride(int H)
+/* Elements from one gate's bfloat16 strips to the next gate's, for weights (3H, K): S P 32. */
+static inline long cgru_bf16_gate_stride(int H, int K)
 {
-    return (long)((H + 15) / 16) * cgru_bf16_strip_pairs(H) * 32;
+    return (long)((H + 15) / 16) * cgru_bf16_strip_pairs(K) * 32;
 }
 
-/* The bfloat16 strips of gate g from unit j0 on (a multiple of 16, as thread slices are). */
-static inline const uint16_t *cgru_bf16_gate_strips(const uint16_t *w16, int H, int g, int j0)
+/* The bfloat16 strips of weights (3H, K) for gate g from unit j0 on (a multiple of 16, as thread
+ * slices are). */
+static inline const uint16_t *cgru_bf16_gate_strips(const uint16_t *w16, int H, int K, int g,
+                                                    int j0)
 {
-    return w16 + g * cgru_bf16_gate_stride(H) + (long)(j0 / 16) * cgru_bf16_strip_pairs(H) * 32;
+    return w16 + g * cgru_bf16_gate_stride(H, K) + (long)(j0 / 16) * cgru_bf16_strip_pairs(K) * 32;
 }
 
 /* The same for bfloat16 weights (STRIPS_BF16): -1 follows the CPU, 0 always widens them in

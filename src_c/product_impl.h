@@ -324,11 +324,12 @@ static inline void strips_pairs_of(uint32_t *pairs, int words, const float *A, i
     }
 }
 
-/* halves (rows, 2 n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs) rounded to
- * bfloat16, as float32 bits: word 2p the pair's odd k, word 2p + 1 its even k (the order the
- * widened tiles add them in; a missing k is 0) */
-static inline void strips_halves_of(uint32_t *halves, int words, const float *A, int lda,
-                                    int rows, int p0, int n_pairs, int K)
+/* halves (rows, 2 n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs), rounded to
+ * bfloat16 or not (round), as float32 bits: word 2p the pair's odd k, word 2p + 1 its even k
+ * (the order the widened tiles add them in; a missing k is 0) */
+static inline __attribute__((always_inline)) void strips_halves(
+    uint32_t *halves, int words, const float *A, int lda, int rows, int p0, int n_pairs, int K,
+    int round)
 {
     for (int i = 0; i < rows; i++) {
         const float *a = A + (long)i * lda;
@@ -337,16 +338,38 @@ static inline void strips_halves_of(uint32_t *halves, int words, const float *A,
 #if defined(__GNUC__) && !defined(__clang__)
         static const cgru_lanes_f32 swapped = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
         for (; p + 8 <= n_pairs && 2 * (p0 + p) + 16 <= K; p += 8) {
-            const cgru_vec_f32 v = cgru_round_to_bf16(*(const cgru_vec_f32 *)(a + 2L * (p0 + p)));
+            const cgru_vec_f32 a_p = *(const cgru_vec_f32 *)(a + 2L * (p0 + p));
+            const cgru_vec_f32 v = round ? cgru_round_to_bf16(a_p) : a_p;
             *(cgru_pairs_bf16 *)(out + 2 * p) = (cgru_pairs_bf16)__builtin_shuffle(v, swapped);
         }
 #endif
         for (; p < n_pairs; p++) {
             const int k = 2 * (p0 + p);
-            out[2 * p] = k + 1 < K ? (uint32_t)cgru_f32_to_bf16(a[k + 1]) << 16 : 0;
-            out[2 * p + 1] = (uint32_t)cgru_f32_to_bf16(a[k]) << 16;
+            uint32_t odd = 0, even;
+            if (round) {
+                odd = k + 1 < K ? (uint32_t)cgru_f32_to_bf16(a[k + 1]) << 16 : 0;
+                even = (uint32_t)cgru_f32_to_bf16(a[k]) << 16;
+            } else {
+                if (k + 1 < K) memcpy(&odd, &a[k + 1], sizeof odd);
+                memcpy(&even, &a[k], sizeof even);
+            }
+            out[2 * p] = odd;
+            out[2 * p + 1] = even;
         }
     }
+}
+
+static inline void strips_halves_of(uint32_t *halves, int words, const float *A, int lda,
+                                    int rows, int p0, int n_pairs, int K)
+{
+    strips_halves(halves, words, A, lda, rows, p0, n_pairs, K, 1);
+}
+
+/* strips_halves_of with A as it is (STRIPS_BF16_EXACT) */
+static inline void strips_halves_exact_of(uint32_t *halves, int words, const float *A, int lda,
+                                          int rows, int p0, int n_pairs, int K)
+{
+    strips_halves(halves, words, A, lda, rows, p0, n_pairs, K, 0);
 }
 
 /* C[i, col[g] + j] = (or +=) sums[i][g][j] for j below cols[g] */
@@ -513,6 +536,20 @@ CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
     }
 }
 
+/* C (M, N) = A (M, K) W^T, W's bfloat16 strips widened and A as it is (STRIPS_BF16_EXACT) */
+CGRU_KERNEL void strips_bf16_exact(float *C, int ldc, const float *A, int lda,
+                                   const uint16_t *strip0, long gate_stride, int gate_cols,
+                                   int M, int N, int K)
+{
+    if (cgru_wide_tiles()) {
+        STRIPS_LOOPS(strips_tile_widened, strips_halves_exact_of, STRIP_GROUP_ONE, STRIP_GROUP,
+                     STRIP_GROUP_WIDE)
+    } else {
+        STRIPS_LOOPS(strips_tile_narrow, strips_halves_exact_of, STRIP_NARROW_ONE,
+                     STRIP_NARROW_TWO, STRIP_NARROW_WIDE)
+    }
+}
+
 #ifdef CGRU_HAVE_BF16_DOT
 #include <immintrin.h>
 
@@ -597,12 +634,13 @@ typedef struct {
     int gate_cols;
 } FN(cgru_operand);
 
-/* The bfloat16 strips of units [j0, j1) of W_hh (3H, H), from gate g on: a product of
+/* The bfloat16 strips of units [j0, j1) of weights (3H, K), from gate g on: a product of
  * n (j1 - j0) columns with this operand multiplies by gates g .. g + n - 1 at once. */
-static inline FN(cgru_operand) FN(strips_operand)(const uint16_t *w16, int H, int g, int j0, int j1)
+static inline FN(cgru_operand) FN(strips_operand)(const uint16_t *w16, int H, int K, int g, int j0,
+                                                  int j1)
 {
-    return (FN(cgru_operand)){0, H, 1, cgru_bf16_gate_strips(w16, H, g, j0),
-                              cgru_bf16_gate_stride(H), j1 - j0};
+    return (FN(cgru_operand)){0, K, 1, cgru_bf16_gate_strips(w16, H, K, g, j0),
+                              cgru_bf16_gate_stride(H, K), j1 - j0};
 }
 
 /* C (M, N), rows ldc apart, = A (M, K), rows lda apart, times op(W); += with accumulate. */
@@ -615,6 +653,8 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
 #if !CGRU_DOUBLE
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
         strips_bf16(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
+    } else if (kernel == CGRU_PRODUCT_STRIPS_BF16_EXACT) {
+        strips_bf16_exact(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
 #endif
     } else {  /* the weights as they lie: one product per gate run */
         const int run = W.gate_cols > 0 && W.gate_cols < N ? W.gate_cols : N;

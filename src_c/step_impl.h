@@ -7,6 +7,7 @@ typedef struct {
     const REAL *x_in, *h_prev_all;  /* copies of x (B, I0) and h_in (L, B, H) */
     const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
     const uint16_t *const *w_hh16;          /* W_hh in bfloat16 instead of w_hh, or NULL */
+    const uint16_t *const *w_ih16;          /* W_ih in bfloat16 instead of w_ih, or NULL */
     REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
     cgru_barrier *barrier;                  /* between layers, and before reset_after=0's n */
     cgru_product_kernel kernel, kernel_hh;  /* product.h: x W_ih^T, h W_hh^T */
@@ -19,7 +20,7 @@ typedef struct {
 static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int g, int j0, int j1)
 {
     const int H = w->H;
-    if (w->w_hh16) return FN(strips_operand)(w->w_hh16[l], H, g, j0, j1);
+    if (w->w_hh16) return FN(strips_operand)(w->w_hh16[l], H, H, g, j0, j1);
     return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0, (long)H * H, j1 - j0};
 }
 
@@ -55,7 +56,9 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 const int fold = g < 2 || !reset_after;
                 for (int j = 0; j < hs; j++)
                     bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
-                const FN(cgru_operand) w_gate = {w_ih[l] + (long)row0 * I, I, 1, 0};  /* (hs, I) */
+                const FN(cgru_operand) w_gate = w->w_ih16  /* (hs, I) */
+                    ? FN(strips_operand)(w->w_ih16[l], H, I, g, j0, j1)
+                    : (FN(cgru_operand)){w_ih[l] + (long)row0 * I, I, 1, 0};
                 FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
@@ -85,9 +88,11 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     }
 }
 
-/* cgru_step_f32/_f64, and cgru_step_bf16 with w_hh16 instead of w_hh (see cgru.h) */
+/* cgru_step_f32/_f64, and cgru_step_bf16 with w_hh16 instead of w_hh (and w_ih16, when not
+ * NULL, instead of w_ih) (see cgru.h) */
 static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
-                            const REAL *const *w_hh, const uint16_t *const *w_hh16,
+                            const uint16_t *const *w_ih16, const REAL *const *w_hh,
+                            const uint16_t *const *w_hh16,
                             const REAL *const *b_ih, const REAL *const *b_hh, int L, int B,
                             int I0, int H, int reset_after, int n_threads)
 {
@@ -112,7 +117,8 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
     /* threads share the step only on the hand-written products (BLAS must not be called from
      * several threads at once here: step() leaves its thread setting alone) */
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 0, 0);
+    const cgru_product_kernel kernel = w_ih16 ? CGRU_PRODUCT_STRIPS_BF16_EXACT
+                                              : cgru_product_choose(B, H, sizeof(REAL), 0, 0);
     const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, w_hh16 != 0);
     const int shared = kernel != CGRU_PRODUCT_BLAS && kernel_hh != CGRU_PRODUCT_BLAS
                        && work >= STEP_SHARED_WORK && n_threads > 1;
@@ -122,7 +128,7 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
     cgru_barrier barrier;
     cgru_barrier_init(&barrier);
     const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, w_hh16,
-                                        gx, gh, rh, y, b_hn, bias, &barrier, kernel, kernel_hh,
+                                        w_ih16, gx, gh, rh, y, b_hn, bias, &barrier, kernel, kernel_hh,
                                         L, B, I0, H, reset_after, n_slices};
     if (cgru_plan_threads(plan, n_slices) == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
@@ -144,17 +150,18 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
                           const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
                           int n_threads)
 {
-    return FN(step)(h_out, h_in, x, w_ih, w_hh, 0, b_ih, b_hh, L, B, I0, H, reset_after,
+    return FN(step)(h_out, h_in, x, w_ih, 0, w_hh, 0, b_ih, b_hh, L, B, I0, H, reset_after,
                     n_threads);
 }
 
 #if !CGRU_DOUBLE
 cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
-                           const float *const *w_ih, const uint16_t *const *w_hh,
-                           const float *const *b_ih, const float *const *b_hh, int L, int B,
-                           int I0, int H, int reset_after, int n_threads)
+                           const float *const *w_ih, const uint16_t *const *w_ih16,
+                           const uint16_t *const *w_hh, const float *const *b_ih,
+                           const float *const *b_hh, int L, int B, int I0, int H,
+                           int reset_after, int n_threads)
 {
-    return step_f32(h_out, h_in, x, w_ih, 0, w_hh, b_ih, b_hh, L, B, I0, H, reset_after,
+    return step_f32(h_out, h_in, x, w_ih, w_ih16, 0, w_hh, b_ih, b_hh, L, B, I0, H, reset_after,
                     n_threads);
 }
 #endif

@@ -4,7 +4,8 @@ What is specified here:
   - what a quantized GRU computes: every W_hh rounded to the nearest bfloat16 (ties to even),
     and in every recurrent product the state (with reset_after=False, r * h for W_hn) rounded
     to bfloat16 too, each product exact and the sums in float32; W_ih, biases, gates and outputs
-    stay float32. An independent float64 emulation is the oracle, one step at a time from the
+    stay float32. Mode "bfloat16_all" rounds every W_ih too, and multiplies it with the inputs
+    as they are. An independent float64 emulation is the oracle, one step at a time from the
     engine's own states (one float32 ulp of a state next to a bfloat16 tie moves its rounded
     value by a whole bfloat16 step, so runs are compared step by step, not side by side), for
     the sequence forward and for step(), on batches below and above 4, one and two layers and
@@ -131,8 +132,18 @@ def check_layer_step_by_step(x, y, h0, h_n, params, layer, D, reset_after, lengt
         np.testing.assert_array_equal(h_n[d], y_d[last, rows], err_msg=f"{what}: h_n")
 
 
-def quantized_copy(gru):
-    return copy.deepcopy(gru).quantize("bfloat16")
+def quantized_copy(gru, mode="bfloat16"):
+    return copy.deepcopy(gru).quantize(mode)
+
+
+def oracle_weights(before, mode):
+    """The weights emulated_step takes for a GRU quantized in `mode` from `before` (its state
+    dict): W_hh as it was (the emulation rounds it), W_ih rounded where the mode rounds it (the
+    emulation multiplies the inputs as they are)."""
+    if mode == "bfloat16":
+        return before
+    return {k: bfloat16_value(v).astype(np.float32) if k.startswith("weight_ih") else v
+            for k, v in before.items()}
 
 
 def cpu_has_avx512_bf16():
@@ -159,7 +170,8 @@ def bf16_dot_mode():
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False),
                                                       (2, True)])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(reset_after, num_layers,
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(mode, reset_after, num_layers,
                                                                  bidirectional, B, H, threads):
     """Batches of up to 4 and of more; hidden sizes with and without leftovers of the kernels'
     blocks of 16 units and of 32 k, 149 also odd (half a pair of k); one and two thread slices;
@@ -169,8 +181,8 @@ def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(reset_after, nu
     T, I, D = 6, 7, 2 if bidirectional else 1
     gru = cgru.GRU(I, H, num_layers=num_layers, bidirectional=bidirectional,
                    reset_after=reset_after, seed=H + B)
-    before = gru.state_dict()
-    gru.quantize("bfloat16")
+    before = oracle_weights(gru.state_dict(), mode)
+    gru.quantize(mode)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.uniform(-1, 1, (num_layers * D, B, H)).astype(np.float32)
     lengths = rng.integers(1, T + 1, size=B) if B > 1 else None
@@ -182,7 +194,7 @@ def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(reset_after, nu
     # the lower layer's outputs, from a one-layer GRU with its weights, feed the top layer's check
     lower = cgru.GRU(I, H, bidirectional=bidirectional, reset_after=reset_after)
     lower.load_state_dict({k: v for k, v in before.items() if "_l0" in k})
-    lower.quantize("bfloat16")
+    lower.quantize(mode)
     y0, h_n0 = lower(x, h0[:D], lengths=lengths)
     check_layer_step_by_step(x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
     np.testing.assert_allclose(h_n[:D], h_n0, rtol=0, atol=1e-6, err_msg=f"{what}: layer 0")
@@ -210,12 +222,15 @@ def test_a_hidden_size_beyond_one_chunk_of_the_state_sums_its_chunks(reset_after
 @pytest.mark.parametrize("B", [1, 3, 9])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_a_quantized_step_is_the_bfloat16_gru_step(reset_after, num_layers, B, H, threads):
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_a_quantized_step_is_the_bfloat16_gru_step(mode, reset_after, num_layers, B, H, threads):
+    """With "bfloat16_all" the input product runs on W_ih's strips, the inputs not rounded
+    (the emulation's float64 product of the rounded W_ih and the inputs as they are)."""
     cgru.set_num_threads(threads)
     rng = np.random.default_rng(B + H)
     gru = cgru.GRU(5, H, num_layers=num_layers, reset_after=reset_after, seed=3)
-    before = gru.state_dict()
-    gru.quantize("bfloat16")
+    before = oracle_weights(gru.state_dict(), mode)
+    gru.quantize(mode)
     x = rng.standard_normal((B, 5)).astype(np.float32)
     h = rng.uniform(-1, 1, (num_layers, B, H)).astype(np.float32)
     new = gru.step(x, h)
@@ -230,8 +245,9 @@ def test_a_quantized_step_is_the_bfloat16_gru_step(reset_after, num_layers, B, H
 @pytest.mark.parametrize("B", [1, 3, 6])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
 def test_a_quantized_step_gives_what_the_sequence_forward_gives_from_the_same_state(
-        reset_after, num_layers, B):
+        mode, reset_after, num_layers, B):
     """Along a sequence, step() (into out=h) and a forward over the step's input, both from the
     state the forward reached, agree on every layer's new state to float32 rounding. Compared
     from the same state, not run side by side: the two compute x W_ih^T in different orders, and
@@ -240,8 +256,8 @@ def test_a_quantized_step_gives_what_the_sequence_forward_gives_from_the_same_st
     emulated_step's slack bounds."""
     T, H = 8, 40
     gru = cgru.GRU(6, H, num_layers=num_layers, reset_after=reset_after, seed=7)
-    before = gru.state_dict()
-    gru.quantize("bfloat16")
+    before = oracle_weights(gru.state_dict(), mode)
+    gru.quantize(mode)
     rng = np.random.default_rng(B)
     x = rng.standard_normal((T, B, 6)).astype(np.float32)
     state = rng.uniform(-1, 1, (num_layers, B, H)).astype(np.float32)
@@ -290,12 +306,24 @@ def test_quantize_changes_only_the_recurrent_weights_and_returns_the_gru():
     before = gru.state_dict()
     assert gru.quantized is None
     assert gru.quantize("bfloat16") is gru
-    assert gru.quantized == "bfloat16" and QUANTIZATION_MODES == ("bfloat16",)
+    assert gru.quantized == "bfloat16" and list(QUANTIZATION_MODES) == ["bfloat16", "bfloat16_all"]
     assert not gru.training
     for name, value in gru.params.items():
         if name.startswith("weight_hh"):
             np.testing.assert_array_equal(value, bfloat16_value(before[name]).astype(np.float32))
             assert not np.array_equal(value, before[name])
+        else:
+            np.testing.assert_array_equal(value.view(np.uint32), before[name].view(np.uint32))
+
+
+def test_quantize_bfloat16_all_rounds_the_input_weights_too():
+    gru = cgru.GRU(4, 24, num_layers=2, bidirectional=True, seed=1)
+    before = gru.state_dict()
+    assert gru.quantize("bfloat16_all") is gru and gru.quantized == "bfloat16_all"
+    for name, value in gru.params.items():
+        if name.startswith("weight"):
+            np.testing.assert_array_equal(value, bfloat16_value(before[name]).astype(np.float32))
+            assert not value.flags.writeable
         else:
             np.testing.assert_array_equal(value.view(np.uint32), before[name].view(np.uint32))
 
@@ -339,14 +367,37 @@ def test_the_avx512_bf16_and_the_widening_kernels_give_the_same_outputs(bf16_dot
         np.testing.assert_array_equal(a, b, err_msg="wide and narrow tiles")
 
 
+@pytest.mark.parametrize("H", [20, 149])
+def test_with_bfloat16_all_step_gives_the_same_bits_in_wide_and_narrow_tiles(bf16_dot_mode, H):
+    """The input product on W_ih's strips (inputs not rounded) sums each unit's terms in one
+    order in both tiles, as the recurrent product does; the test above covers the rest."""
+    cgru.set_num_threads(2)
+    gru = cgru.GRU(37, H, num_layers=2, seed=H).quantize("bfloat16_all")
+    rng = np.random.default_rng(H)
+    x = rng.standard_normal((9, 37)).astype(np.float32)
+    h = rng.uniform(-1, 1, (2, 9, H)).astype(np.float32)
+    results = {}
+    try:
+        bf16_dot_mode(0)
+        for tiles in (1, 0):
+            _engine.set_tiles_mode(tiles)
+            results[tiles] = [gru.step(x[:1], h[:, :1]), gru.step(x[:3], h[:, :3]),
+                              gru.step(x, h)]
+    finally:
+        _engine.set_tiles_mode(-1)
+    for a, b in zip(results[1], results[0]):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- accuracy ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("H", [128, 512])
-def test_over_1000_steps_quantized_outputs_stay_within_1e_2_of_float32(H):
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_over_1000_steps_quantized_outputs_stay_within_1e_2_of_float32(mode, H):
     """Default initialisation, unit-scale inputs, a batch of 4: both the sequence forward and
     step() by step."""
     gru = cgru.GRU(32, H, seed=H).eval()
-    quantized = quantized_copy(gru)
+    quantized = quantized_copy(gru, mode)
     x = np.random.default_rng(H).standard_normal((1000, 4, 32)).astype(np.float32)
     y, h_n = gru(x)
     y_q, h_n_q = quantized(x)
@@ -380,13 +431,14 @@ def test_the_demo_forecaster_loses_at_most_1_percent_of_its_test_rmse():
     assert float32_rmse < min(b["rmse"] for b in report["baselines"].values())
     assert forecast.rmse(scaler.forecasts(inputs[parts.test], model.predict(x_test)),
                          targets[parts.test]) == float32_rmse
-    quantized = copy.deepcopy(model)
-    quantized.quantize("bfloat16")
-    outputs = quantized.predict(x_test)
-    assert not np.array_equal(outputs, model.predict(x_test))
-    quantized_rmse = forecast.rmse(scaler.forecasts(inputs[parts.test], outputs),
-                                   targets[parts.test])
-    assert quantized_rmse <= 1.01 * float32_rmse
+    for mode in QUANTIZATION_MODES:
+        quantized = copy.deepcopy(model)
+        quantized.quantize(mode)
+        outputs = quantized.predict(x_test)
+        assert not np.array_equal(outputs, model.predict(x_test))
+        quantized_rmse = forecast.rmse(scaler.forecasts(inputs[parts.test], outputs),
+                                       targets[parts.test])
+        assert quantized_rmse <= 1.01 * float32_rmse, mode
 
 
 # ---- inference only ---------------------------------------------------------------------------
@@ -468,7 +520,8 @@ def test_a_bidirectional_layer_is_quantized_in_both_directions_by_model_quantize
 
 def test_an_unknown_mode_is_refused_naming_the_modes():
     gru = cgru.GRU(2, 3)
-    with pytest.raises(ValueError, match=r"mode must be one of \['bfloat16'\], got 'int8'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \['bfloat16', 'bfloat16_all'\], "
+                                         r"got 'int8'"):
         gru.quantize("int8")
     assert gru.quantized is None and gru.train() is gru
 
@@ -567,6 +620,23 @@ def test_a_new_recurrent_weight_takes_effect_rounded_to_bfloat16(assign, first_c
     assert not value.flags.writeable and gru.quantized == "bfloat16"
 
 
+@pytest.mark.parametrize("first_call", ["forward", "step"])
+def test_with_bfloat16_all_a_new_input_weight_takes_effect_rounded_to_bfloat16(first_call):
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-0.3, 0.3, (3 * 20, 4)).astype(np.float32)
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    gru = cgru.GRU(4, 20, seed=1).quantize("bfloat16_all")
+    gru.params["weight_ih_l0"] = w.copy()
+    expected = cgru.GRU(4, 20, seed=1)
+    expected.weight_ih_l0 = w
+    expected.quantize("bfloat16_all")
+    calls = [lambda g: g(x)[0], lambda g: g.step(x[0])]
+    for call in calls if first_call == "forward" else calls[::-1]:
+        np.testing.assert_array_equal(call(gru), call(expected))
+    np.testing.assert_array_equal(gru.weight_ih_l0, bfloat16_value(w).astype(np.float32))
+    assert not gru.weight_ih_l0.flags.writeable
+
+
 def test_input_weights_and_biases_of_a_quantized_gru_stay_float32_when_assigned():
     gru = cgru.GRU(4, 20, seed=1).quantize("bfloat16")
     w = np.full((60, 4), 0.1234567, np.float32)
@@ -631,16 +701,18 @@ def test_from_bfloat16_bits_is_the_upper_half_of_a_float32():
 
 # ---- copies and pickles -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
 @pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda g: pickle.loads(pickle.dumps(g))],
                          ids=["deepcopy", "pickle"])
-def test_copies_and_pickles_keep_the_quantization(duplicate):
-    gru = cgru.GRU(3, 20, num_layers=2, seed=5).quantize("bfloat16")
+def test_copies_and_pickles_keep_the_quantization(duplicate, mode):
+    gru = cgru.GRU(3, 20, num_layers=2, seed=5).quantize(mode)
     x = np.random.default_rng(1).standard_normal((6, 3, 3)).astype(np.float32)
     twin = duplicate(gru)
-    assert twin.quantized == "bfloat16"
+    assert twin.quantized == mode
     np.testing.assert_array_equal(twin(x)[0], gru(x)[0])
     np.testing.assert_array_equal(twin.step(x[0]), gru.step(x[0]))
-    for name in ("weight_hh_l0", "weight_hh_l1"):
+    for name in ("weight_hh_l0", "weight_hh_l1") + (("weight_ih_l0", "weight_ih_l1")
+                                                     if mode == "bfloat16_all" else ()):
         assert not twin.params[name].flags.writeable
         np.testing.assert_array_equal(twin.params[name], gru.params[name])
     with pytest.raises(RuntimeError, match="quantized"):
@@ -689,18 +761,20 @@ def bidirectional_model():
     return model
 
 
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
 @pytest.mark.parametrize("build", [gru_model, bidirectional_model])
-def test_a_saved_quantized_model_loads_quantized_and_predicts_bit_identically(tmp_path, build):
+def test_a_saved_quantized_model_loads_quantized_and_predicts_bit_identically(tmp_path, build,
+                                                                              mode):
     model = build()
     x = np.random.default_rng(2).standard_normal((5, 9, 3)).astype(np.float32)
     model.fit(x, np.zeros((5, 2), np.float32), epochs=1, verbose=0)
-    model.quantize("bfloat16")
+    model.quantize(mode)
     path = tmp_path / "quantized.cgru"
     model.save(path)
     loaded = cgru.load_model(path)
     quantized = [layer for layer in loaded.layers if hasattr(layer, "quantized")]
     assert len(quantized) == 2
-    assert all(layer.quantized == "bfloat16" for layer in quantized)
+    assert all(layer.quantized == mode for layer in quantized)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     with pytest.raises(RuntimeError, match="quantized"):
         loaded.train_on_batch(x, np.zeros((5, 2), np.float32))

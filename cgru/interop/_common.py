@@ -20,6 +20,6 @@ def refuse_quantized(gru_or_model, what, target):
         quantized = [f"layer '{layer.name}'" for layer in layers
                      if getattr(layer, "quantized", None) is not None]
     if quantized:
-        raise ValueError(f"{what}: {', '.join(quantized)} holds bfloat16 recurrent weights, and "
+        raise ValueError(f"{what}: {', '.join(quantized)} holds bfloat16 weights, and "
                          f"{target} has no GRU that computes as cgru's bfloat16 one does; "
                          f"export the float32 model (before quantize) instead")
