@@ -358,9 +358,9 @@ def register_tiles():
     return cgru_register_tiles().decode()
 
 
-def bf16_strips_size(Py_ssize_t H, Py_ssize_t K):
+cdef inline Py_ssize_t bf16_strips_size(Py_ssize_t H, Py_ssize_t K) noexcept:
     """Elements of weights (3H, K) (W_hh: K = H) in bfloat16 strips (src_c/product.h)."""
-    return 3 * ((H + 15) // 16) * cgru_bf16_strip_pairs_of(K) * 32
+    return 3 * ((H + 15) // 16) * cgru_bf16_strip_pairs_of(<int>K) * 32
 
 
 def bf16_strips(bits):

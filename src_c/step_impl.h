@@ -48,18 +48,28 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
             const int hs = j1 - j0;
             REAL *gh_own = gh + 3L * B * j0;  /* (B, 3hs) */
             for (int j = j0; j < j1; j++) b_hn[j] = bh ? bh[2 * H + j] : 0;
+            /* 1. gx[:, gate g, own units] = in W_ih[gate g, own units]^T; the gate
+             *    kernels add bias: b_ih plus the recurrent bias of r and z (and of n
+             *    when reset_after=0), which adds to the same pre-activation */
             for (int g = 0; g < 3; g++) {
-                /* 1. gx[:, gate g, own units] = in W_ih[gate g, own units]^T; the gate
-                 *    kernels add bias: b_ih plus the recurrent bias of r and z (and of n
-                 *    when reset_after=0), which adds to the same pre-activation */
                 const int row0 = g * H + j0;
                 const int fold = g < 2 || !reset_after;
                 for (int j = 0; j < hs; j++)
                     bias[row0 + j] = bi ? bi[row0 + j] + (fold ? bh[row0 + j] : 0) : 0;
-                const FN(cgru_operand) w_gate = w->w_ih16  /* (hs, I) */
-                    ? FN(strips_operand)(w->w_ih16[l], H, I, g, j0, j1)
-                    : (FN(cgru_operand)){w_ih[l] + (long)row0 * I, I, 1, 0};
-                FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
+            }
+            if (w->w_ih16 && hs == H) {
+                /* strips of all three gates in one product (gate runs of H columns lie in gx
+                 * as the gates do), so that its register tiles take up to 12 strips */
+                FN(cgru_product)(kernel, gx, G, in, I,
+                                 FN(strips_operand)(w->w_ih16[l], H, I, 0, 0, H), B, G, I, 0);
+            } else {
+                for (int g = 0; g < 3; g++) {
+                    const int row0 = g * H + j0;
+                    const FN(cgru_operand) w_gate = w->w_ih16  /* (hs, I) */
+                        ? FN(strips_operand)(w->w_ih16[l], H, I, g, j0, j1)
+                        : (FN(cgru_operand)){w_ih[l] + (long)row0 * I, I, 1, 0};
+                    FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
+                }
             }
             /* 2, 3. recurrent products into gh_own [r|z|n], and the postgemm into h_new */
             const int gates_now = reset_after ? 3 : 2;
