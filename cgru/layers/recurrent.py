@@ -111,8 +111,9 @@ class GRU(Layer):
     recurrent_initializer ('orthogonal'), bias_initializer ('zeros'), use_bias. The engine's
     activations are sigmoid and tanh. Called as `gru(x, initial_state=h0, mask=mask)`.
 
-    quantized: None, or "bfloat16" for a layer whose recurrent weights are stored in bfloat16
-    once built (see `quantize`; saved models record it here).
+    quantized: None, "bfloat16" for a layer whose recurrent weights are stored in bfloat16 once
+    built, or "bfloat16_all" for its input weights too (see `quantize`; saved models record it
+    here).
     """
 
     def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
@@ -589,11 +590,11 @@ class Bidirectional(Wrapper):
 
     @property
     def quantized(self) -> str | None:
-        """The wrapped GRU's quantization: None or "bfloat16"."""
+        """The wrapped GRU's quantization: None, "bfloat16" or "bfloat16_all"."""
         return self.layer.quantized
 
     def quantize(self, mode: str) -> None:
-        """Quantize both directions' recurrent weights (see `GRU.quantize`)."""
+        """Quantize both directions' weights (see `GRU.quantize`)."""
         self.layer.quantize(mode)
 
     # ---- config ---------------------------------------------------------------------------------
