@@ -200,11 +200,11 @@ class GRU(Layer):
 
     @property
     def quantized(self) -> str | None:
-        """None, or the mode the recurrent weights are stored in ("bfloat16")."""
+        """None, or the mode the weights are stored in ("bfloat16", "bfloat16_all")."""
         return self._quantized
 
     def quantize(self, mode: str) -> None:
-        """Store the recurrent weights in `mode` ("bfloat16"), in place, as Keras 3's
+        """Store the weights in `mode` ("bfloat16", "bfloat16_all"), in place, as Keras 3's
         `layer.quantize(mode)`: see `cgru.GRU.quantize`. The layer then runs inference only."""
         if not self.built:
             raise ValueError(f"layer '{self._label}' (GRU): quantize needs a built layer; build "
