@@ -61,8 +61,9 @@ def info() -> "dict[str, object]":
     runtime library the engine is bound to), fork_keeps_threads; kernels (the instruction set
     the CPU dispatch chose for the gate kernels), recurrent_product (how the per-step
     products run: packed panels on CPUs with AVX2 and FMA or AVX-512, else on the weights as
-    they lie, and in which register tiles) and
-    bfloat16_product (how a quantized GRU's bfloat16 weights are multiplied); threads, cpus_available,
+    they lie, and in which register tiles) and bfloat16_product (how a quantized GRU's bfloat16
+    W_hh are multiplied; step()'s bfloat16 W_ih are widened to float32 in registers); threads,
+    cpus_available,
     blas, blas_threads_controlled, blas_kernel (the OpenBLAS kernel SciPy's BLAS runs, the best
     this CPU supports, and whether an environment variable holds it below). Facts that an extension built before they were recorded
     cannot give are None.

@@ -662,10 +662,9 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
     a new array; None, having done nothing, when a params entry is no longer the one its strips
     were made from (replaced since: the caller rounds the new one and calls again)."""
     cdef int L = layout.layers, I = layout.inputs, H = layout.units, type_num = layout.type_num
-    if bfloat16 is not None:
-        for name, value in rounded.items():
-            if params.get(name) is not value:
-                return None
+    if bfloat16 is not None and rounded is None:
+        raise TypeError("gru_step: bfloat16 strips come with the rounded params entries they were "
+                        "made from (rounded)")
     cdef bint reset_after = layout.reset_after, bias = layout.bias
     dtype = layout.dtype
     cdef cnp.ndarray xa = _step_operand(x_t, "x_t", layout), ha = _step_operand(h, "h", layout)
@@ -730,6 +729,12 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
         if bias:
             bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
             bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0, held))
+    if bfloat16 is not None:
+        # last, once nothing that could run Python code (and let another thread replace an entry)
+        # is left before the engine reads the weights gathered above
+        for name, value in rounded.items():
+            if params.get(name) is not value:
+                return None
     cdef void *pout = cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef void *pin = cnp.PyArray_DATA(ha)
     cdef void *px = cnp.PyArray_DATA(xa)

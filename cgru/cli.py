@@ -228,7 +228,7 @@ def _info():
     print("fork: children keep their threads" if facts["fork_keeps_threads"] else
           "fork: children of a process that used threads run on one thread")
     print(f"kernels (CPU dispatch): gates {facts['kernels'] or unknown}; per-step products "
-          f"{facts['recurrent_product'] or unknown}; bfloat16 weights (quantize) "
+          f"{facts['recurrent_product'] or unknown}; bfloat16 W_hh (quantize) "
           f"{facts['bfloat16_product'] or unknown}")
     print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS); a call runs "
           f"at most {facts['cpus_available']}, the CPUs this process may use")

@@ -33,6 +33,8 @@ PREFERRED_BATCH_BLOCK = 256
 
 # What GRU.quantize takes, and the weights each stores in bfloat16 (by their index in _names).
 QUANTIZATION_MODES = {"bfloat16": (1,), "bfloat16_all": (0, 1)}
+# Held while a weight is rounded to bfloat16 (GRU._round_to_bfloat16): rare, and short.
+_rounding_lock = fork_safe_lock()
 
 
 def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
@@ -417,8 +419,9 @@ class GRU:
         return "bfloat16_all" if self._names(0, 0)[0] in self._bfloat16 else "bfloat16"
 
     def quantize(self, mode: str) -> Self:
-        """Store the recurrent weights in reduced precision for faster inference, in place (as
-        Keras 3's `Model.quantize(mode)`); returns the GRU.
+        """Store the recurrent weights (mode "bfloat16") or all weights ("bfloat16_all") in
+        reduced precision for faster inference, in place (as Keras 3's `Model.quantize(mode)`);
+        returns the GRU.
 
         mode "bfloat16": every W_hh (weight_hh_l*) is rounded to the nearest bfloat16, and the
         engine multiplies it with the state rounded to bfloat16 too, summing in float32 (with
@@ -457,13 +460,17 @@ class GRU:
 
     def _round_to_bfloat16(self, name):
         """Weight `name` into bfloat16, laid out as the engine reads it (_engine.bf16_strips), with
-        its exact float32 value as a read-only params entry."""
-        bits = to_bfloat16_bits(self.params[name])
-        value = _aligned(from_bfloat16_bits(bits))
-        value.flags.writeable = False
-        self.params[name] = value
-        self._bfloat16[name] = _strips(bits)
-        self._bfloat16_of[name] = value
+        its exact float32 value as a read-only params entry. Under _rounding_lock, so that two
+        threads rounding the same entry (a load_state_dict, a step's refresh) leave its strips
+        and its value from one of them: step() takes the strips only while params holds the
+        value they were made from (_engine.gru_step)."""
+        with _rounding_lock:
+            bits = to_bfloat16_bits(self.params[name])
+            value = _aligned(from_bfloat16_bits(bits))
+            value.flags.writeable = False
+            self.params[name] = value
+            self._bfloat16[name] = _strips(bits)
+            self._bfloat16_of[name] = value
 
     def _refresh_bfloat16(self, checked=False):
         """A rounded entry of params replaced since it was rounded is rounded in its turn, once

@@ -1,7 +1,7 @@
 /*
  * The engine's sigmoid and tanh over an array, so that tests can hold the approximations
- * (gates.h) to their promise: float32 within 4e-7 absolute of the exact functions and in their ranges, float64
- * within 3 ulp; NaN in, NaN out. Compiled as the gate kernels are (CGRU_KERNEL: the same
+ * (gates.h) to their promise: float32 within 4e-7 absolute of the exact functions and in their
+ * ranges, float64 within 3 ulp; NaN in, NaN out. Compiled as the gate kernels are (CGRU_KERNEL: the same
  * instruction set, hence the same fused multiply-adds and the same results).
  * x, sigmoid_out, tanh_out are (n,).
  */

@@ -26,7 +26,7 @@
  * relative to the value near 0) and Q of degree 3 with Q(0) = 1 were fitted to tanh on [0, 8]
  * by weighted least squares iterated towards the smallest largest error (Lawson's weights;
  * 1.9e-8 in exact arithmetic), then rounded to float32. Over every float32 of magnitude below 20
- * (tests/test_equations.py: every 61st): within 3.5e-7 absolute of tanh, most of it the rounding
+ * (tests/test_equations.py: every 241st): within 3.5e-7 absolute of tanh, most of it the rounding
  * of the evaluation; within [-1, 1] and exactly +-1 where saturated; odd, tanh(-0) = -0; NaN in,
  * NaN out. Past 8 (infinities included) the quotient may be NaN, and the select discards it.
  * Against the exp-based form before it (e^-2|x| by a degree-7 polynomial, a division):

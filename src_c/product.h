@@ -1,7 +1,8 @@
 /*
  * The per-step products, in one place: every product inside a time step (h W_hh^T in the
  * forward, dgates W_hh in the backward, and step()'s x W_ih^T) goes through cgru_product with the
- * kernel that cgru_product_choose picked once for the call.
+ * kernel that cgru_product_choose (cgru_input_product_choose for step()'s x W_ih^T) picked once
+ * for the call.
  *
  * The kernels, and when each is the one to take:
  *   PANELS  the weights packed once per call into column panels (panels.h), then a register
@@ -18,12 +19,13 @@
  *   BLAS    SciPy's BLAS GEMM, for everything else.
  *   STRIPS_BF16  W_hh stored in bfloat16 strips (a quantized GRU, inference only; see below):
  *           half the bytes of float32 per step, and with AVX512_BF16 half the instructions. The
- *           only kernel for bfloat16 weights, at every batch size, so that a row's result never
+ *           only kernel for bfloat16 W_hh, at every batch size, so that a row's result never
  *           depends on the batch it came in.
  *   STRIPS_BF16_EXACT  W_ih in bfloat16 strips (a GRU quantized with mode "bfloat16_all"),
- *           times A as it is: the weights widened to float32 in registers, A not rounded, so
- *           the products are those of float32 arithmetic on the rounded weights, as the
- *           sequence forward's BLAS computes them from params. step()'s input product only.
+ *           times A as it is: the weights widened to float32 in registers, A not rounded: float32
+ *           arithmetic on the rounded weights, as the sequence forward's BLAS does on their values
+ *           in params (summed in another order). step()'s input product only
+ *           (cgru_input_product_choose).
  *
  * bfloat16 strips: the layout a quantized GRU keeps W_hh (and with "bfloat16_all", W_ih) in
  * (cgru.GRU.quantize makes it), read by both the sequence loop and step() without packing. For
@@ -127,6 +129,13 @@ static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_siz
     if (B == 1 || (B <= CGRU_ROWS_MAX_BATCH && cached)) return CGRU_PRODUCT_ROWS;
     if (B <= CGRU_PAIRS_MAX_BATCH && !cached) return CGRU_PRODUCT_PAIRS;
     return CGRU_PRODUCT_BLAS;
+}
+
+/* The kernel for step()'s input products, x W_ih^T (the sequence loop multiplies all its inputs
+ * in one BLAS call before it): bf16, W_ih is in bfloat16 strips. */
+static inline cgru_product_kernel cgru_input_product_choose(int B, int H, int elem_size, int bf16)
+{
+    return bf16 ? CGRU_PRODUCT_STRIPS_BF16_EXACT : cgru_product_choose(B, H, elem_size, 0, 0);
 }
 
 #define CGRU_DOUBLE 0

@@ -325,11 +325,11 @@ static inline void strips_pairs_of(uint32_t *pairs, int words, const float *A, i
 }
 
 /* halves (rows, 2 n_pairs words, `words` apart) = A's pairs [p0, p0 + n_pairs), rounded to
- * bfloat16 or not (round), as float32 bits: word 2p the pair's odd k, word 2p + 1 its even k
+ * bfloat16 or not (rounding), as float32 bits: word 2p the pair's odd k, word 2p + 1 its even k
  * (the order the widened tiles add them in; a missing k is 0) */
 static inline __attribute__((always_inline)) void strips_halves(
     uint32_t *halves, int words, const float *A, int lda, int rows, int p0, int n_pairs, int K,
-    int round)
+    int rounding)
 {
     for (int i = 0; i < rows; i++) {
         const float *a = A + (long)i * lda;
@@ -339,14 +339,14 @@ static inline __attribute__((always_inline)) void strips_halves(
         static const cgru_lanes_f32 swapped = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
         for (; p + 8 <= n_pairs && 2 * (p0 + p) + 16 <= K; p += 8) {
             const cgru_vec_f32 a_p = *(const cgru_vec_f32 *)(a + 2L * (p0 + p));
-            const cgru_vec_f32 v = round ? cgru_round_to_bf16(a_p) : a_p;
+            const cgru_vec_f32 v = rounding ? cgru_round_to_bf16(a_p) : a_p;
             *(cgru_pairs_bf16 *)(out + 2 * p) = (cgru_pairs_bf16)__builtin_shuffle(v, swapped);
         }
 #endif
         for (; p < n_pairs; p++) {
             const int k = 2 * (p0 + p);
             uint32_t odd = 0, even;
-            if (round) {
+            if (rounding) {
                 odd = k + 1 < K ? (uint32_t)cgru_f32_to_bf16(a[k + 1]) << 16 : 0;
                 even = (uint32_t)cgru_f32_to_bf16(a[k]) << 16;
             } else {
@@ -617,8 +617,8 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
  * The weights of one per-step product C (M, N) = A (M, K) op(W):
  *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused), a slice's gates
  *                already side by side;
- *   STRIPS_BF16: w16 is the first of the bfloat16 strips of W's rows (N, K), op(W) = W^T
- *                (product.h; float32 products only; w and ld unused);
+ *   STRIPS_BF16, STRIPS_BF16_EXACT: w16 is the first of the bfloat16 strips of W's rows
+ *                (N, K), op(W) = W^T (product.h; float32 products only; w unused);
  *   other kernels: w is W as it lies, rows ld apart: (N, K) with op(W) = W^T when transposed
  *                (rows are output units, as W_hh in h W_hh^T), else (K, N) with op(W) = W.
  * Gate runs (all but PANELS): with gate_cols > 0, C's columns come in runs of gate_cols, one

@@ -127,8 +127,8 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
     /* threads share the step only on the hand-written products (BLAS must not be called from
      * several threads at once here: step() leaves its thread setting alone) */
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
-    const cgru_product_kernel kernel = w_ih16 ? CGRU_PRODUCT_STRIPS_BF16_EXACT
-                                              : cgru_product_choose(B, H, sizeof(REAL), 0, 0);
+    const cgru_product_kernel kernel =
+        cgru_input_product_choose(B, H, sizeof(REAL), w_ih16 != 0);
     const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, w_hh16 != 0);
     const int shared = kernel != CGRU_PRODUCT_BLAS && kernel_hh != CGRU_PRODUCT_BLAS
                        && work >= STEP_SHARED_WORK && n_threads > 1;

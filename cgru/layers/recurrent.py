@@ -194,7 +194,7 @@ class GRU(Layer):
             self._engine.quantize(self._quantized)
 
     def load_parameter(self, name: str, value: Array) -> None:
-        self._engine._assign_parameter(name, value)  # a quantized W_hh: rounded to bfloat16
+        self._engine._assign_parameter(name, value)  # a quantized weight: rounded to bfloat16
 
     # ---- reduced precision ----------------------------------------------------------------------
 
@@ -446,7 +446,7 @@ class GRU(Layer):
             engine = conventions.keras_to_engine(kernel, recurrent, bias[0] if bias else None,
                                                  self.reset_after)
             for name, value in zip(self._engine_names(d), engine):
-                if value is not None:  # a quantized W_hh is rounded to bfloat16 again
+                if value is not None:  # a quantized weight is rounded to bfloat16 again
                     self._engine._assign_parameter(name, value)
 
     # ---- config ---------------------------------------------------------------------------------
