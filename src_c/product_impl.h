@@ -269,7 +269,7 @@ CGRU_KERNEL void FN(rows_dot)(REAL *out, const REAL *w, const REAL *v, int N, in
  * A's rows go through a buffer, STRIP_CHUNK_PAIRS pairs of k at a time (the sums of later chunks
  * add to C), rounded once per row tile rather than once per strip: for the dot product as
  * bfloat16 pairs (32-bit words, strips_pairs_of), for the widened tiles as the two float32 values
- * each pair's broadcasts take (strips_halves_of), so that a widened tile spends no instruction
+ * each pair's broadcasts take (strips_halves), so that a widened tile spends no instruction
  * per row and pair on taking the pair apart. (Taking them apart in the tile, once per strip
  * group, cost the most at large batches: BENCHMARKS.md's bfloat16 table on the Zen 3 VM, AVX2,
  * regenerated just before and after this buffer (git show 60e1ce3:BENCHMARKS.md, and 36e594d's),
@@ -359,18 +359,9 @@ static inline __attribute__((always_inline)) void strips_halves(
     }
 }
 
-static inline void strips_halves_of(uint32_t *halves, int words, const float *A, int lda,
-                                    int rows, int p0, int n_pairs, int K)
-{
-    strips_halves(halves, words, A, lda, rows, p0, n_pairs, K, 1);
-}
-
-/* strips_halves_of with A as it is (STRIPS_BF16_EXACT) */
-static inline void strips_halves_exact_of(uint32_t *halves, int words, const float *A, int lda,
-                                          int rows, int p0, int n_pairs, int K)
-{
-    strips_halves(halves, words, A, lda, rows, p0, n_pairs, K, 0);
-}
+/* strips_halves with the `rounding` of the kernel it is written in (strips_bf16_widened) */
+#define strips_halves_as_told(halves, words, A, lda, rows, p0, n_pairs, K)                      \
+    strips_halves(halves, words, A, lda, rows, p0, n_pairs, K, rounding)
 
 /* C[i, col[g] + j] = (or +=) sums[i][g][j] for j below cols[g] */
 static inline __attribute__((always_inline)) void strips_store(
@@ -413,7 +404,7 @@ static inline __attribute__((always_inline)) void strips_store(
 
 /*
  * The loops both kernels share: row tiles, chunks of pairs (each rounded once into `pairs` by
- * PREPARE: strips_pairs_of or strips_halves_of), groups of strips (strip[g] the group's g-th
+ * PREPARE: strips_pairs_of or strips_halves), groups of strips (strip[g] the group's g-th
  * strip from the chunk's first pair, col[g] and cols[g] its columns of C);
  * TILE(rows, group, strip, pairs, n_pairs, sums) computes one tile's
  * sums. ONE, TWO and WIDE (macro constants) are the most strips a tile of one, two, and three
@@ -466,7 +457,7 @@ static inline __attribute__((always_inline)) void strips_tile_widened(
         for (int g = 0; g < group; g++) acc[i][g] = (cgru_vec_f32){0};
     for (int p = 0; p < chunk; p++) {
         float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
-        for (int i = 0; i < rows; i++) {  /* strips_halves_of's words, loaded as float32 */
+        for (int i = 0; i < rows; i++) {  /* strips_halves's words, loaded as float32 */
             memcpy(&odd[i], halves + i * STRIP_ROW_WORDS + 2 * p, sizeof(float));
             memcpy(&even[i], halves + i * STRIP_ROW_WORDS + 2 * p + 1, sizeof(float));
         }
@@ -501,7 +492,7 @@ static inline __attribute__((always_inline)) void strips_tile_narrow(
         for (int g = 0; g < group; g++) acc[i][g][0] = acc[i][g][1] = (cgru_half_f32){0};
     for (int p = 0; p < chunk; p++) {
         float odd[STRIP_TILE_ROWS], even[STRIP_TILE_ROWS];
-        for (int i = 0; i < rows; i++) {  /* strips_halves_of's words, loaded as float32 */
+        for (int i = 0; i < rows; i++) {  /* strips_halves's words, loaded as float32 */
             memcpy(&odd[i], halves + i * STRIP_ROW_WORDS + 2 * p, sizeof(float));
             memcpy(&even[i], halves + i * STRIP_ROW_WORDS + 2 * p + 1, sizeof(float));
         }
@@ -523,32 +514,21 @@ static inline __attribute__((always_inline)) void strips_tile_narrow(
         }
 }
 
+/* rounding 1: A rounded to bfloat16 as the dot product takes it (STRIPS_BF16); 0: A as it is
+ * (STRIPS_BF16_EXACT) */
 CGRU_KERNEL void strips_bf16_widened(float *C, int ldc, const float *A, int lda,
                                      const uint16_t *strip0, long gate_stride, int gate_cols,
-                                     int M, int N, int K)
+                                     int M, int N, int K, int rounding)
 {
     if (cgru_wide_tiles()) {
-        STRIPS_LOOPS(strips_tile_widened, strips_halves_of, STRIP_GROUP_ONE, STRIP_GROUP,
+        STRIPS_LOOPS(strips_tile_widened, strips_halves_as_told, STRIP_GROUP_ONE, STRIP_GROUP,
                      STRIP_GROUP_WIDE)
     } else {
-        STRIPS_LOOPS(strips_tile_narrow, strips_halves_of, STRIP_NARROW_ONE, STRIP_NARROW_TWO,
-                     STRIP_NARROW_WIDE)
-    }
-}
-
-/* C (M, N) = A (M, K) W^T, W's bfloat16 strips widened and A as it is (STRIPS_BF16_EXACT) */
-CGRU_KERNEL void strips_bf16_exact(float *C, int ldc, const float *A, int lda,
-                                   const uint16_t *strip0, long gate_stride, int gate_cols,
-                                   int M, int N, int K)
-{
-    if (cgru_wide_tiles()) {
-        STRIPS_LOOPS(strips_tile_widened, strips_halves_exact_of, STRIP_GROUP_ONE, STRIP_GROUP,
-                     STRIP_GROUP_WIDE)
-    } else {
-        STRIPS_LOOPS(strips_tile_narrow, strips_halves_exact_of, STRIP_NARROW_ONE,
+        STRIPS_LOOPS(strips_tile_narrow, strips_halves_as_told, STRIP_NARROW_ONE,
                      STRIP_NARROW_TWO, STRIP_NARROW_WIDE)
     }
 }
+#undef strips_halves_as_told
 
 #ifdef CGRU_HAVE_BF16_DOT
 #include <immintrin.h>
@@ -609,7 +589,7 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
         return;
     }
 #endif
-    strips_bf16_widened(C, ldc, A, lda, strip0, gate_stride, gate_cols, M, N, K);
+    strips_bf16_widened(C, ldc, A, lda, strip0, gate_stride, gate_cols, M, N, K, 1);
 }
 #endif
 
@@ -654,7 +634,7 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
         strips_bf16(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16_EXACT) {
-        strips_bf16_exact(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
+        strips_bf16_widened(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K, 0);
 #endif
     } else {  /* the weights as they lie: one product per gate run */
         const int run = W.gate_cols > 0 && W.gate_cols < N ? W.gate_cols : N;
