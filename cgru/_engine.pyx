@@ -12,7 +12,7 @@ import os
 import numpy as np
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int8_t, int64_t, uint16_t
 
 cnp.import_array()
 
@@ -48,6 +48,9 @@ cdef extern from "cgru.h":
     void cgru_set_bf16_dot_mode(int) nogil
     const char *cgru_bf16_kernel() nogil
     int cgru_bf16_strip_pairs_of(int) nogil
+    void cgru_set_int8_dot_mode(int) nogil
+    const char *cgru_int8_kernel() nogil
+    int cgru_int8_strip_quads_of(int) nogil
     int cgru_cpus_available() nogil
     int cgru_fork_serial() nogil
     int cgru_fork_keeps_threads() nogil
@@ -75,10 +78,12 @@ cdef extern from "cgru.h":
                                        const double*, const double*, const double*, const double*,
                                        const double*, const int64_t*,
                                        const cgru_layer_config*) nogil
-    cgru_status cgru_layer_forward_bf16(float*, int, float*, float*, float*, const float*,
-                                        const float*, const float*, const uint16_t*,
-                                        const float*, const float*, const int64_t*,
-                                        const cgru_layer_config*) nogil
+    ctypedef enum cgru_weights:
+        CGRU_WEIGHTS_DTYPE, CGRU_WEIGHTS_BF16, CGRU_WEIGHTS_INT8
+    cgru_status cgru_layer_forward_quantized(float*, int, float*, float*, float*, const float*,
+                                             const float*, const float*, const void*,
+                                             cgru_weights, const float*, const float*,
+                                             const int64_t*, const cgru_layer_config*) nogil
     cgru_status cgru_layer_backward_f32(float*, int, float*, float*, float*, float*, float*,
                                         const float*, int, const float*, float*, float*,
                                         const float*, const float*, const float*,
@@ -94,10 +99,10 @@ cdef extern from "cgru.h":
                               const double* const*, const double* const*, const double* const*,
                               int, int, int, int, int, int) nogil
 
-    cgru_status cgru_step_bf16(float*, const float*, const float*, const float* const*,
-                               const uint16_t* const*, const uint16_t* const*,
-                               const float* const*, const float* const*,
-                               int, int, int, int, int, int) nogil
+    cgru_status cgru_step_quantized(float*, const float*, const float*, const float* const*,
+                                    const uint16_t* const*, const void* const*, cgru_weights,
+                                    const float* const*, const float* const*,
+                                    int, int, int, int, int, int) nogil
 
     void cgru_activations_f32(float*, float*, const float*, long) nogil
     void cgru_activations_f64(double*, double*, const double*, long) nogil
@@ -143,8 +148,30 @@ MAX_LAYERS = 64
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
-# a quantized GRU's W_hh: bfloat16 values, each the upper 16 bits of a float32 (cgru.quantize)
+# a quantized GRU's weights in the engine's strips (cgru.GRU.quantize), told apart by dtype:
+# bfloat16 values, each the upper 16 bits of a float32 (uint16), or int8 weights with their
+# scales (int8)
 _BFLOAT16_BITS = np.dtype(np.uint16)
+_INT8_STRIPS = np.dtype(np.int8)
+
+
+cdef inline cgru_weights _strips_format(object dtype):
+    """How strips of this dtype store their weights; CGRU_WEIGHTS_DTYPE for any other."""
+    if dtype == _BFLOAT16_BITS:
+        return CGRU_WEIGHTS_BF16
+    if dtype == _INT8_STRIPS:
+        return CGRU_WEIGHTS_INT8
+    return CGRU_WEIGHTS_DTYPE
+
+
+cdef inline Py_ssize_t _strips_row(cgru_weights fmt) noexcept:
+    """Elements per row of a strips array: one 64-byte vector."""
+    return 32 if fmt == CGRU_WEIGHTS_BF16 else 64
+
+
+cdef inline Py_ssize_t _strips_size(cgru_weights fmt, Py_ssize_t H, Py_ssize_t K) noexcept:
+    """Elements of weights (3H, K) in strips of this format."""
+    return bf16_strips_size(H, K) if fmt == CGRU_WEIGHTS_BF16 else int8_strips_size(H, K)
 
 
 # ---- BLAS from SciPy -----------------------------------------------------------------------------
@@ -377,6 +404,44 @@ def bf16_strips(bits):
     return np.ascontiguousarray(strips).reshape(3 * S * P, 32)
 
 
+cdef inline Py_ssize_t int8_strips_size(Py_ssize_t H, Py_ssize_t K) noexcept:
+    """Bytes of weights (3H, K) in int8 strips (src_c/strips_int8.h)."""
+    return 3 * ((H + 15) // 16) * (cgru_int8_strip_quads_of(<int>K) + 2) * 64
+
+
+def int8_strips(q, scale):
+    """Weights (3H, K) as int8 values q with a float32 scale per row (3H,) -> the engine's
+    strips (3 S (Q + 2), 64), int8: per gate, S = ceil(H/16) strips of 16 units, each a line of
+    the 16 scales, a line of 128 times each unit's sum of q (int32), then Q quads of k (ceil(K/4)
+    made odd), byte 4 i + e of quad c = q[g H + 16 s + i, 4 c + e] (src_c/strips_int8.h)."""
+    q = np.asarray(q, np.int8)
+    scale = np.asarray(scale, np.float32)
+    H, K = q.shape[0] // 3, q.shape[1]
+    S, Q = (H + 15) // 16, cgru_int8_strip_quads_of(K)
+    padded = np.zeros((3, 16 * S, 4 * Q), np.int8)
+    padded[:, :H, :K] = q.reshape(3, H, K)
+    strips = np.zeros((3, S, Q + 2, 64), np.int8)
+    strips[:, :, 2:] = padded.reshape(3, S, 16, Q, 4).transpose(0, 1, 3, 2, 4).reshape(3, S, Q, 64)
+    scales = np.zeros((3, 16 * S), np.float32)
+    scales[:, :H] = scale.reshape(3, H)
+    strips[:, :, 0] = scales.reshape(3, S, 16).view(np.int8)
+    offsets = np.zeros((3, 16 * S), np.int32)
+    offsets[:, :H] = 128 * q.reshape(3, H, K).astype(np.int32).sum(axis=2)
+    strips[:, :, 1] = offsets.reshape(3, S, 16).view(np.int8)
+    return strips.reshape(3 * S * (Q + 2), 64)
+
+
+def set_int8_dot_mode(int mode):
+    """int8 weights multiplied with AVX512_VNNI where the CPU has it (1, or -1: as the CPU
+    suggests), or in 32-bit integer lanes (0): the same bits either way."""
+    cgru_set_int8_dot_mode(mode)
+
+
+def int8_kernel():
+    """How int8 weights are multiplied on this CPU now."""
+    return cgru_int8_kernel().decode()
+
+
 def set_bf16_dot_mode(int mode):
     """bfloat16 weights multiplied with AVX512_BF16's dot product where the CPU has it (1, or -1:
     as the CPU suggests), or widened to float32 in registers (0)."""
@@ -409,7 +474,7 @@ cdef int _check(cgru_status status, str what) except -1:
     if status == CGRU_ERR_NO_MEMORY:
         raise MemoryError(f"{what}: out of memory")
     if status == CGRU_ERR_INFERENCE_ONLY:
-        raise RuntimeError(f"{what}: bfloat16 weights run inference only")
+        raise RuntimeError(f"{what}: quantized weights run inference only")
     raise RuntimeError(f"{what}: unexpected engine status {status}")
 
 
@@ -426,7 +491,8 @@ cdef void *_data(object a, object dtype, Py_ssize_t size, str name,
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int want = cnp.NPY_FLOAT if dtype is _FLOAT32 else (
         cnp.NPY_DOUBLE if dtype is _FLOAT64 else (
-            cnp.NPY_UINT16 if dtype is _BFLOAT16_BITS else cnp.NPY_INT64))
+            cnp.NPY_UINT16 if dtype is _BFLOAT16_BITS else (
+                cnp.NPY_INT8 if dtype is _INT8_STRIPS else cnp.NPY_INT64)))
     if cnp.PyArray_TYPE(arr) != want or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
             or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
         raise TypeError(f"engine argument '{name}' must be an aligned, C-contiguous {dtype} "
@@ -466,12 +532,14 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
                   bint reset_after, bint reverse, bint training, int n_threads):
     """One layer and direction forward. y (T, B, ldy) gets this direction at columns
     [column, column + H); h_n (B, H); saved/scratch sized by layer_workspace_size. A uint16
-    w_hh holds bfloat16 weights (a quantized float32 GRU, inference only)."""
+    w_hh holds bfloat16 strips, an int8 one int8 strips (a quantized float32 GRU, inference
+    only)."""
     cdef int T = _engine_int(x.shape[0], "time steps"), B = _engine_int(x.shape[1], "batch")
-    # bfloat16 strips (a uint16 w_hh) do not show H in their shape: h_n (B, H) does
-    cdef bint bf16 = w_hh.dtype == _BFLOAT16_BITS
+    # strips (a uint16 or int8 w_hh) do not show H in their shape: h_n (B, H) does
+    cdef cgru_weights fmt = _strips_format(w_hh.dtype)
+    cdef bint quantized = fmt != CGRU_WEIGHTS_DTYPE
     cdef int I = _engine_int(x.shape[2], "input size")
-    cdef int H = _engine_int(h_n.shape[1] if bf16 else w_hh.shape[1], "hidden size")
+    cdef int H = _engine_int(h_n.shape[1] if quantized else w_hh.shape[1], "hidden size")
     cdef int ldy = _engine_int(y.shape[2], "output width")
     if column < 0 or column + H > ldy or y.shape[0] != T or y.shape[1] != B:
         raise ValueError("layer_forward: output block out of range")
@@ -487,10 +555,11 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef void *px = _data(x, dt, TB * I, "x")
     cdef void *ph0 = _data(h0, dt, B * H, "h0", optional=True)
     cdef void *pw_ih = _data(w_ih, dt, G * I, "w_ih")
-    if bf16 and (dt is not _FLOAT32 or training):
-        raise TypeError("layer_forward: bfloat16 weights run a float32 inference forward only")
-    cdef void *pw_hh = _data(w_hh, _BFLOAT16_BITS if bf16 else dt,
-                             bf16_strips_size(H, H) if bf16 else G * H, "w_hh")
+    if quantized and (dt is not _FLOAT32 or training):
+        raise TypeError("layer_forward: quantized weights run a float32 inference forward only")
+    cdef void *pw_hh = _data(w_hh, dt if not quantized else (
+                                 _BFLOAT16_BITS if fmt == CGRU_WEIGHTS_BF16 else _INT8_STRIPS),
+                             _strips_size(fmt, H, H) if quantized else G * H, "w_hh")
     cdef void *pb_ih = _data(b_ih, dt, G, "b_ih", optional=True)
     cdef void *pb_hh = _data(b_hh, dt, G, "b_hh", optional=True)
     if (pb_ih == NULL) != (pb_hh == NULL):
@@ -499,11 +568,11 @@ def layer_forward(y, int column, h_n, saved, scratch, x, h0, w_ih, w_hh, b_ih, b
     cdef cgru_status status
     _blas_threads.enter()
     try:
-        if bf16:
+        if quantized:
             with nogil:
-                status = cgru_layer_forward_bf16(
+                status = cgru_layer_forward_quantized(
                     <float*>py + column, ldy, <float*>ph_n, <float*>psaved, <float*>pscratch,
-                    <float*>px, <float*>ph0, <float*>pw_ih, <uint16_t*>pw_hh, <float*>pb_ih,
+                    <float*>px, <float*>ph0, <float*>pw_ih, pw_hh, fmt, <float*>pb_ih,
                     <float*>pb_hh, <int64_t*>plengths, &c)
         elif dt is _FLOAT32:
             with nogil:
@@ -650,21 +719,22 @@ cdef inline cnp.ndarray _step_operand(object a, str name, StepLayout layout):
     return arr
 
 
-def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16=None,
+def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict strips=None,
              dict rounded=None):
     """One time step through the layers of a unidirectional GRU (cgru.GRU.step): checks its
     arguments as precisely as the Python layer would, in C, because it runs once per time step.
 
     params: the GRU's parameter dict, by layout's names; x_t (B, I) with h (L, B, H), or x_t (I,)
-    with h (L, H); out: None or an array of h's shape; bfloat16: None, or the W_hh of every
-    layer in bfloat16 strips (bf16_strips, by the same names) of a quantized float32 GRU, and
-    every W_ih too or none, and rounded the params entries they were made from. Returns out, or
+    with h (L, H); out: None or an array of h's shape; strips: None, or the W_hh of every
+    layer of a quantized float32 GRU in bfloat16 strips (bf16_strips) or int8 strips
+    (int8_strips), by the same names, and every W_ih too in bfloat16 strips or none, and rounded
+    the params entries they were made from. Returns out, or
     a new array; None, having done nothing, when a params entry is no longer the one its strips
     were made from (replaced since: the caller rounds the new one and calls again)."""
     cdef int L = layout.layers, I = layout.inputs, H = layout.units, type_num = layout.type_num
-    if bfloat16 is not None and rounded is None:
-        raise TypeError("gru_step: bfloat16 strips come with the rounded params entries they were "
-                        "made from (rounded)")
+    if strips is not None and rounded is None:
+        raise TypeError("gru_step: strips come with the rounded params entries they were made "
+                        "from (rounded)")
     cdef bint reset_after = layout.reset_after, bias = layout.bias
     dtype = layout.dtype
     cdef cnp.ndarray xa = _step_operand(x_t, "x_t", layout), ha = _step_operand(h, "h", layout)
@@ -707,7 +777,16 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
     cdef const void *wi[64]
     cdef const void *wh[64]
     cdef const void *wi16[64]
-    cdef bint inputs16 = bfloat16 is not None and layout.n_ih[0] in bfloat16
+    cdef bint inputs16 = strips is not None and layout.n_ih[0] in strips
+    cdef cgru_weights fmt = CGRU_WEIGHTS_DTYPE
+    if strips is not None:
+        fmt = _strips_format(getattr(strips.get(layout.n_hh[0]), "dtype", None))
+        if fmt == CGRU_WEIGHTS_DTYPE:
+            raise TypeError(f"gru_step: strips['{layout.n_hh[0]}'] must be bfloat16 (uint16) or "
+                            f"int8 strips")
+    cdef object hh_dtype = _BFLOAT16_BITS if fmt == CGRU_WEIGHTS_BF16 else _INT8_STRIPS
+    cdef int hh_type = cnp.NPY_UINT16 if fmt == CGRU_WEIGHTS_BF16 else cnp.NPY_INT8
+    cdef Py_ssize_t row = _strips_row(fmt)
     cdef const void *bi[64]
     cdef const void *bh[64]
     cdef int l, K, G = 3 * H
@@ -715,21 +794,21 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
     cdef list held = []
     for l in range(L):
         K = I if l == 0 else H
-        wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G, K, held))
-        if inputs16:
-            wi16[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_ih[l], cnp.NPY_UINT16,
+        if inputs16:  # the float32 W_ih goes unread
+            wi16[l] = cnp.PyArray_DATA(_step_param(strips, n_ih[l], cnp.NPY_UINT16,
                                                    _BFLOAT16_BITS, bf16_strips_size(H, K) // 32,
                                                    32, held))
-        if bfloat16 is None:
+        else:
+            wi[l] = cnp.PyArray_DATA(_step_param(params, n_ih[l], type_num, dtype, G, K, held))
+        if strips is None:
             wh[l] = cnp.PyArray_DATA(_step_param(params, n_hh[l], type_num, dtype, G, H, held))
         else:
-            wh[l] = cnp.PyArray_DATA(_step_param(bfloat16, n_hh[l], cnp.NPY_UINT16,
-                                                 _BFLOAT16_BITS, bf16_strips_size(H, H) // 32, 32,
-                                                 held))
+            wh[l] = cnp.PyArray_DATA(_step_param(strips, n_hh[l], hh_type, hh_dtype,
+                                                 _strips_size(fmt, H, H) // row, row, held))
         if bias:
             bi[l] = cnp.PyArray_DATA(_step_param(params, nb_ih[l], type_num, dtype, G, 0, held))
             bh[l] = cnp.PyArray_DATA(_step_param(params, nb_hh[l], type_num, dtype, G, 0, held))
-    if bfloat16 is not None:
+    if strips is not None:
         # last, once nothing that could run Python code (and let another thread replace an entry)
         # is left before the engine reads the weights gathered above
         for name, value in rounded.items():
@@ -743,17 +822,17 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict bfloat16
     # step() shares work between threads only on its own kernels and calls BLAS from the calling
     # thread alone, so SciPy's BLAS keeps its thread setting: nothing to cap, and the two ctypes
     # calls that capping costs are saved
-    if bfloat16 is not None:
+    if strips is not None:
         if type_num != cnp.NPY_FLOAT:
-            raise TypeError("step: bfloat16 weights belong to a float32 GRU")
+            raise TypeError("step: quantized weights belong to a float32 GRU")
         with nogil:
-            status = cgru_step_bf16(<float*>pout, <float*>pin, <float*>px,
-                                    <const float* const*>wi,
-                                    <const uint16_t* const*>wi16 if inputs16 else NULL,
-                                    <const uint16_t* const*>wh,
-                                    <const float* const*>bi if bias else NULL,
-                                    <const float* const*>bh if bias else NULL,
-                                    L, b, I, H, reset_after, n_threads)
+            status = cgru_step_quantized(<float*>pout, <float*>pin, <float*>px,
+                                         <const float* const*>wi,
+                                         <const uint16_t* const*>wi16 if inputs16 else NULL,
+                                         wh, fmt,
+                                         <const float* const*>bi if bias else NULL,
+                                         <const float* const*>bh if bias else NULL,
+                                         L, b, I, H, reset_after, n_threads)
     elif type_num == cnp.NPY_FLOAT:
         with nogil:
             status = cgru_step_f32(<float*>pout, <float*>pin, <float*>px,

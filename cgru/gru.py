@@ -17,6 +17,7 @@ import numpy.typing as npt
 from . import _checks, _engine
 from ._fork import fork_safe_lock
 from ._typing import ArrayLike, FloatArray, Self
+from .quantization import QUANTIZATION_MODES, format_of, quantized
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -31,29 +32,8 @@ _thread_workspaces = threading.local()
 PREFERRED_BATCH_BLOCK = 256
 
 
-# What GRU.quantize takes, and the weights each stores in bfloat16 (by their index in _names).
-QUANTIZATION_MODES = {"bfloat16": (1,), "bfloat16_all": (0, 1)}
-# Held while a weight is rounded to bfloat16 (GRU._round_to_bfloat16): rare, and short.
+# Held while a weight is quantized (GRU._quantize_weight): rare, and short.
 _rounding_lock = fork_safe_lock()
-
-
-def to_bfloat16_bits(a: ArrayLike) -> npt.NDArray[np.uint16]:
-    """The bfloat16 nearest each float32 of a (ties to even, NaN kept NaN), as the uint16 of its
-    bits: the upper half of the float32 it stands for."""
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
-    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    return np.where(nan, (bits | np.uint32(0x00400000)) >> 16, rounded).astype(np.uint16)
-
-
-def _strips(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint16]:
-    """A weight's bfloat16 bits laid out as the engine reads them (_engine.bf16_strips)."""
-    return _aligned(_engine.bf16_strips(bits))
-
-
-def from_bfloat16_bits(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
-    """The float32 values of bfloat16 bits (exact)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 # True once the user called set_num_threads: defaults chosen elsewhere (distributed fit) yield
@@ -189,11 +169,11 @@ class GRU:
         self.batch_first = batch_first
         self._set_dropout(dropout, stacklevel=3)
         self.training = True
-        # quantize(): W_hh (and W_ih with "bfloat16_all") of every layer and direction in
-        # bfloat16 strips by name, with the read-only float32 array (its exact value) that
-        # params holds for each
-        self._bfloat16: dict[str, npt.NDArray[np.uint16]] | None = None
-        self._bfloat16_of: dict[str, FloatArray] = {}
+        # quantize(): W_hh (and W_ih with "bfloat16_all") of every layer and direction in the
+        # engine's strips by name (cgru/quantization.py), with the read-only float32 array (its
+        # exact value) that params holds for each
+        self._strips: dict[str, np.ndarray] | None = None
+        self._quantized_of: dict[str, FloatArray] = {}
         self._rng = np.random.default_rng(seed)
         self._init_run_state()
         H, D = self.hidden_size, self.num_directions
@@ -317,17 +297,20 @@ class GRU:
         return state
 
     def __setstate__(self, state):
-        state.setdefault("_bfloat16", None)
-        state.setdefault("_bfloat16_of", {})
+        # a pickle from before int8 named them for bfloat16, the one format there was then
+        state.setdefault("_strips", state.pop("_bfloat16", None))
+        state.setdefault("_quantized_of", state.pop("_bfloat16_of", {}))
         state.pop("_step_names", None)  # a pickle from before StepLayout
         self.__dict__.update(state)
-        for value in self._bfloat16_of.values():  # unpickled arrays come back writeable
+        for value in self._quantized_of.values():  # unpickled arrays come back writeable
             value.flags.writeable = False
-        if self._bfloat16 is not None:
-            # the strips laid out again (a new dict: copy.copy shares the state's): a pickle from
-            # an engine that laid them out otherwise loads too
-            self._bfloat16 = {name: _strips(to_bfloat16_bits(value))
-                              for name, value in self._bfloat16_of.items()}
+        if self._strips is not None:
+            # the strips laid out again from the values (quantizing a value gives it back), in a
+            # new dict (copy.copy shares the state's): a pickle from an engine that laid them out
+            # otherwise loads too
+            self._strips = {name: _aligned(quantized(value, format_of(self._strips[name]),
+                                                     name)[1])
+                            for name, value in self._quantized_of.items()}
         self._init_run_state()
         _Parameter.register(self._shapes)
 
@@ -368,6 +351,9 @@ class GRU:
         if arr.shape != expected:
             raise ValueError(f"GRU: parameter {name!r} has shape {expected}, got an array of "
                              f"shape {arr.shape}")
+        if self._strips is not None and name in self._strips:
+            self._quantize_weight(name, arr)  # a new read-only entry, quantized
+            return
         params = self.params
         target = params.get(name) if isinstance(params, dict) else None
         if isinstance(target, np.ndarray) and target.shape == expected \
@@ -376,8 +362,6 @@ class GRU:
             target[...] = arr
         else:  # the entry was replaced by something the engine cannot use: a proper one again
             params[name] = _aligned(arr.astype(self.dtype))
-        if self._bfloat16 is not None and name in self._bfloat16:
-            self._round_to_bfloat16(name)
 
     def named_parameters(self, prefix: str = "",
                          recurse: bool = True) -> Iterator[tuple[str, FloatArray]]:
@@ -404,7 +388,7 @@ class GRU:
 
     def train(self, mode: bool = True) -> Self:
         """Training mode: forwards keep what backward needs, and dropout applies."""
-        if mode and self._bfloat16 is not None:
+        if mode and self._strips is not None:
             raise RuntimeError(self._inference_only("train"))
         self.training = bool(mode)
         return self
@@ -413,15 +397,20 @@ class GRU:
 
     @property
     def quantized(self) -> str | None:
-        """None, or the mode quantize() stored the weights in ("bfloat16", "bfloat16_all")."""
-        if self._bfloat16 is None:
+        """None, or the mode quantize() stored the weights in ("bfloat16", "bfloat16_all",
+        "int8")."""
+        strips = self._strips
+        if strips is None:
             return None
-        return "bfloat16_all" if self._names(0, 0)[0] in self._bfloat16 else "bfloat16"
+        w_ih, w_hh = self._names(0, 0)[:2]
+        if format_of(strips[w_hh]) == "int8":
+            return "int8"
+        return "bfloat16_all" if w_ih in strips else "bfloat16"
 
     def quantize(self, mode: str) -> Self:
-        """Store the recurrent weights (mode "bfloat16") or all weights ("bfloat16_all") in
-        reduced precision for faster inference, in place (as Keras 3's `Model.quantize(mode)`);
-        returns the GRU.
+        """Store the recurrent weights (modes "bfloat16", "int8") or all weights
+        ("bfloat16_all") in reduced precision for faster inference, in place (as Keras 3's
+        `Model.quantize(mode)`); returns the GRU.
 
         mode "bfloat16": every W_hh (weight_hh_l*) is rounded to the nearest bfloat16, and the
         engine multiplies it with the state rounded to bfloat16 too, summing in float32 (with
@@ -431,57 +420,72 @@ class GRU:
         mode "bfloat16_all": every W_ih (weight_ih_l*) is rounded to the nearest bfloat16 too,
         and multiplied with the inputs as they are (float32 products of the rounded weights):
         step() then reads half the bytes for its input product as well.
+        mode "int8": every W_hh becomes int8 with one float32 scale per output unit (max |w| /
+        127 over its row), and at every step each row of the state is quantized to 8 bits with
+        a scale of its own (max |h| / 127); their integer products are summed exactly, then
+        scaled (with AVX512_VNNI where the CPU has it, the same integers elsewhere). A quarter
+        of float32's bytes per step; weights must be finite.
         The GRU becomes inference-only: `train()`, a training forward and `backward` raise.
 
-        Afterwards params holds each rounded weight's value, read-only; assigning one
-        (`gru.weight_hh_l0 = w`, `load_state_dict`, replacing the params entry) rounds the new
-        value to bfloat16 in turn. Quantize a copy (`copy.deepcopy(gru).quantize(mode)`) to keep
-        a trainable float32 GRU.
+        Afterwards params holds each quantized weight's value (what the engine multiplies by),
+        read-only; assigning one (`gru.weight_hh_l0 = w`, `load_state_dict`, replacing the params
+        entry) quantizes the new value in turn. Quantize a copy (`copy.deepcopy(gru).quantize(
+        mode)`) to keep a trainable float32 GRU.
         """
         if mode not in QUANTIZATION_MODES:
             raise ValueError(f"quantize: mode must be one of {list(QUANTIZATION_MODES)}, got "
                              f"{mode!r}")
-        if self._bfloat16 is not None:
+        if self._strips is not None:
             raise ValueError(f"quantize: this GRU is already quantized ({self.quantized!r})")
         if self.dtype != np.float32:
             raise TypeError(f"quantize: mode {mode!r} takes a float32 GRU, got one of dtype "
                             f"{self.dtype}")
-        self._checked_params()
-        self.training = False
-        self._context = None
-        self._spare_workspaces.clear()  # an inference-only GRU has no training step to keep it for
-        self._bfloat16 = {}
+        params = self._checked_params()
+        made = {}  # every weight quantized before any is stored: a refusal leaves the GRU as it was
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
                 names = self._names(layer, d)
-                for kind in QUANTIZATION_MODES[mode]:
-                    self._round_to_bfloat16(names[kind])
+                for kind, fmt in QUANTIZATION_MODES[mode]:
+                    made[names[kind]] = quantized(params[names[kind]], fmt, names[kind])
+        self.training = False
+        self._context = None
+        self._spare_workspaces.clear()  # an inference-only GRU has no training step to keep it for
+        self._strips = {}
+        for name, (value, strips) in made.items():
+            self._store_quantized(name, value, strips)
         return self
 
-    def _round_to_bfloat16(self, name):
-        """Weight `name` into bfloat16, laid out as the engine reads it (_engine.bf16_strips), with
-        its exact float32 value as a read-only params entry. Under _rounding_lock, so that two
-        threads rounding the same entry (a load_state_dict, a step's refresh) leave its strips
-        and its value from one of them: step() takes the strips only while params holds the
-        value they were made from (_engine.gru_step)."""
-        with _rounding_lock:
-            bits = to_bfloat16_bits(self.params[name])
-            value = _aligned(from_bfloat16_bits(bits))
-            value.flags.writeable = False
-            self.params[name] = value
-            self._bfloat16[name] = _strips(bits)
-            self._bfloat16_of[name] = value
+    def _quantize_weight(self, name, w=None):
+        """Weight `name` (w, else its params entry) quantized again in the format its strips
+        have; a ValueError, changing nothing, for a value that format cannot hold."""
+        value, strips = quantized(self.params[name] if w is None else w,
+                                  format_of(self._strips[name]), name)
+        self._store_quantized(name, value, strips)
 
-    def _refresh_bfloat16(self, checked=False):
-        """A rounded entry of params replaced since it was rounded is rounded in its turn, once
-        _checked_params has checked the new one (checked: it has)."""
+    def _store_quantized(self, name, value, strips):
+        """A quantized weight's value as its read-only params entry, and its strips aligned as
+        the engine reads them. Under _rounding_lock, so that two threads quantizing the same
+        entry (a load_state_dict, a step's refresh) leave its strips and its value from one of
+        them: step() takes the strips only while params holds the value they were made from
+        (_engine.gru_step)."""
+        value = _aligned(value)
+        value.flags.writeable = False
+        strips = _aligned(strips)
+        with _rounding_lock:
+            self.params[name] = value
+            self._strips[name] = strips
+            self._quantized_of[name] = value
+
+    def _refresh_quantized(self, checked=False):
+        """A quantized entry of params replaced since it was quantized is quantized in its turn,
+        once _checked_params has checked the new one (checked: it has)."""
         params = self.params
-        for name, value in self._bfloat16_of.items():
+        for name, value in self._quantized_of.items():
             if params.get(name) is not value:
                 if not checked:
                     self._checked_params()  # checks every entry, then comes back here
                     return
-                self._round_to_bfloat16(name)
+                self._quantize_weight(name)
 
     def _inference_only(self, what):
         return (f"{what}: this GRU is quantized to {self.quantized} and runs inference only "
@@ -517,10 +521,12 @@ class GRU:
             if not np.issubdtype(arr.dtype, np.floating):
                 raise TypeError(f"load_state_dict: '{k}' must be floating point, got {arr.dtype}")
             loaded[k] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        strips = self._strips or {}
+        # quantized first, so that a value the format cannot hold changes nothing
+        made = {k: quantized(v, format_of(strips[k]), k) for k, v in loaded.items() if k in strips}
         for k, v in loaded.items():
-            if self._bfloat16 is not None and k in self._bfloat16:
-                self.params[k] = _aligned(v)
-                self._round_to_bfloat16(k)
+            if k in made:
+                self._store_quantized(k, *made[k])
             else:
                 self.params[k][...] = v
 
@@ -572,9 +578,9 @@ class GRU:
             if v.shape != shape:
                 raise ValueError(f"params['{k}'] must have shape {shape}, got {v.shape}")
             checked[k] = v if v.flags.aligned else _aligned(v)
-        if self._bfloat16 is not None:
-            self._refresh_bfloat16(checked=True)
-            checked.update((k, self.params[k]) for k in self._bfloat16)
+        if self._strips is not None:
+            self._refresh_quantized(checked=True)
+            checked.update((k, self.params[k]) for k in self._strips)
         return checked
 
     def _checked_grads(self):
@@ -660,7 +666,7 @@ class GRU:
         lengths = self._lengths(lengths, T, B)
         params = self._checked_params()
         if self.training:
-            if self._bfloat16 is not None:  # training was set directly, not through train()
+            if self._strips is not None:  # training was set directly, not through train()
                 raise RuntimeError(self._inference_only("a training-mode forward"))
             y, h_n = self._train_forward(x, h0, lengths, params, unbatched)
         else:
@@ -804,8 +810,8 @@ class GRU:
                     for d in range(D):
                         names = self._names(layer, d)
                         w_ih, w_hh, b_ih, b_hh = (params.get(k) for k in names)
-                        if self._bfloat16 is not None:
-                            w_hh = self._bfloat16[names[1]]
+                        if self._strips is not None:
+                            w_hh = self._strips[names[1]]
                         state = layer * D + d
                         _engine.layer_forward(
                             out, d * H, h_block[state], saved, scratch, layer_input,
@@ -826,7 +832,7 @@ class GRU:
         dy has y's shape, dh_n h_n's (or None). Returns (dx, dh0) and adds the parameter
         gradients into `self.grads` (call `zero_grad()` to clear them). One backward per forward.
         """
-        if self._bfloat16 is not None:
+        if self._strips is not None:
             raise RuntimeError(self._inference_only("backward"))
         if self._context is None:
             if getattr(self._pending, "spent", False):
@@ -917,11 +923,11 @@ class GRU:
             h = self._zero_state(x_t)
         # every check happens in the engine's wrapper, in C: this runs once per time step (and
         # reads as few attributes as it can: each costs tens of nanoseconds)
-        bfloat16 = self._bfloat16
-        new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
-        while new_h is None:  # a rounded weight replaced since it was rounded (by now, again)
-            self._refresh_bfloat16()
-            new_h = _engine.gru_step(self.params, x_t, h, out, layout, bfloat16, self._bfloat16_of)
+        strips = self._strips
+        new_h = _engine.gru_step(self.params, x_t, h, out, layout, strips, self._quantized_of)
+        while new_h is None:  # a quantized weight replaced since it was quantized (by now, again)
+            self._refresh_quantized()
+            new_h = _engine.gru_step(self.params, x_t, h, out, layout, strips, self._quantized_of)
         return new_h
 
     def _zero_state(self, x_t):

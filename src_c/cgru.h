@@ -21,8 +21,15 @@ typedef enum {
     CGRU_ERR_TOO_LARGE = 2,      /* a matrix dimension exceeds the 32-bit BLAS integer */
     CGRU_ERR_BAD_DIMS = 3,       /* a size is zero or negative */
     CGRU_ERR_NO_MEMORY = 4,      /* malloc failed */
-    CGRU_ERR_INFERENCE_ONLY = 5, /* bfloat16 weights were given to a training forward */
+    CGRU_ERR_INFERENCE_ONLY = 5, /* quantized weights were given to a training forward */
 } cgru_status;
+
+/* How a quantized GRU's W_hh is stored (the layouts: src_c/product.h, src_c/strips_int8.h). */
+typedef enum {
+    CGRU_WEIGHTS_DTYPE = 0,  /* in the GRU's dtype, as it lies (not quantized) */
+    CGRU_WEIGHTS_BF16 = 1,   /* bfloat16 strips (uint16_t) */
+    CGRU_WEIGHTS_INT8 = 2,   /* int8 strips with a scale per output unit (int8_t) */
+} cgru_weights;
 
 /* ---- BLAS from SciPy (blas.c) ---------------------------------------------------------------- */
 
@@ -88,6 +95,12 @@ void cgru_set_bf16_dot_mode(int mode);
 const char *cgru_bf16_kernel(void);
 /* Pairs of k per bfloat16 strip of W_hh for H hidden units (the layout: src_c/product.h). */
 int cgru_bf16_strip_pairs_of(int H);
+/* The same for int8 weights: AVX512_VNNI's vpdpbusd where the CPU has it, else exact integer
+ * sums in 32-bit lanes; cgru_set_int8_dot_mode overrides it as cgru_set_bf16_dot_mode does. */
+void cgru_set_int8_dot_mode(int mode);
+const char *cgru_int8_kernel(void);
+/* Quads of k per int8 strip of weights with K inputs (the layout: src_c/strips_int8.h). */
+int cgru_int8_strip_quads_of(int K);
 /* The instruction set the gate kernels run with on this CPU: the clone that GCC's target_clones
  * resolver picked where they are multiversioned (gates.h), else the one they were compiled for. */
 const char *cgru_kernel_isa(void);
@@ -129,17 +142,24 @@ cgru_status cgru_layer_forward_f64(double *y, int ldy, double *h_n, double *save
                                    const int64_t *lengths, const cgru_layer_config *cfg);
 
 /*
- * The same forward, in inference (training = 0), with W_hh in bfloat16 (a quantized GRU): each
- * element the upper 16 bits of a float32, laid out in strips (product.h):
- *   w_hh[((g S + s) P + p) 32 + 2 i + e] = W_hh[g H + 16 s + i][2 p + e], 0 past H,
- * with S = ceil(H / 16), P = ceil(H / 2), 3 S P 32 elements in all. The state is rounded to
- * bfloat16 for the recurrent product, whose products are exact and whose sums are float32;
- * inputs, outputs, W_ih and biases are float32.
+ * The same forward, in inference (training = 0), with W_hh quantized (format):
+ *   CGRU_WEIGHTS_BF16  uint16_t: bfloat16, each element the upper 16 bits of a float32, laid out
+ *                      in strips (product.h):
+ *                        w_hh[((g S + s) P + p) 32 + 2 i + e] = W_hh[g H + 16 s + i][2 p + e],
+ *                      0 past H, with S = ceil(H / 16), P = cgru_bf16_strip_pairs_of(H), 3 S P 32
+ *                      elements in all. The state is rounded to bfloat16 for the recurrent
+ *                      product, whose products are exact and whose sums are float32.
+ *   CGRU_WEIGHTS_INT8  int8_t: int8 with a float32 scale per unit, in the strips of
+ *                      src_c/strips_int8.h (3 S (cgru_int8_strip_quads_of(H) + 2) 64 bytes);
+ *                      the state is quantized to 8 bits per row and step (H at most 65536).
+ * Inputs, outputs, W_ih and biases are float32.
  */
-cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved, float *scratch,
-                                    const float *x, const float *h0, const float *w_ih,
-                                    const uint16_t *w_hh, const float *b_ih, const float *b_hh,
-                                    const int64_t *lengths, const cgru_layer_config *cfg);
+cgru_status cgru_layer_forward_quantized(float *y, int ldy, float *h_n, float *saved,
+                                         float *scratch, const float *x, const float *h0,
+                                         const float *w_ih, const void *w_hh,
+                                         cgru_weights format, const float *b_ih,
+                                         const float *b_hh, const int64_t *lengths,
+                                         const cgru_layer_config *cfg);
 
 /*
  * Backward of one layer and direction, after a training forward with the same saved region.
@@ -178,14 +198,15 @@ cgru_status cgru_step_f64(double *h_out, const double *h_in, const double *x,
                           const double *const *b_ih, const double *const *b_hh, int L, int B,
                           int I0, int H, int reset_after, int n_threads);
 
-/* The same step with every layer's W_hh in bfloat16 strips (see cgru_layer_forward_bf16), and
- * W_ih too unless w_ih16 is NULL: then w_ih (float32) is read instead; else w_ih is unused.
- * Strips of W_ih (3H, I_l) are laid out as W_hh's with K = I_l inputs (src_c/product.h). */
-cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
-                           const float *const *w_ih, const uint16_t *const *w_ih16,
-                           const uint16_t *const *w_hh, const float *const *b_ih,
-                           const float *const *b_hh, int L, int B, int I0, int H,
-                           int reset_after, int n_threads);
+/* The same step with every layer's W_hh in strips stored as format says (see
+ * cgru_layer_forward_quantized), and W_ih in bfloat16 strips too unless w_ih16 is NULL: then
+ * w_ih (float32) is read instead; else w_ih is unused. Strips of W_ih (3H, I_l) are laid out as
+ * W_hh's with K = I_l inputs (src_c/product.h). */
+cgru_status cgru_step_quantized(float *h_out, const float *h_in, const float *x,
+                                const float *const *w_ih, const uint16_t *const *w_ih16,
+                                const void *const *w_hh, cgru_weights format,
+                                const float *const *b_ih, const float *const *b_hh, int L, int B,
+                                int I0, int H, int reset_after, int n_threads);
 
 /* ---- The activations the engine uses, over an array (activations.c; for tests) ------------- */
 

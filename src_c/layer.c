@@ -63,6 +63,18 @@ const char *cgru_bf16_kernel(void)
                              : "widened to float32 in 32-byte register tiles";
 }
 
+int cgru_int8_dot_mode = -1;
+
+void cgru_set_int8_dot_mode(int mode) { cgru_int8_dot_mode = mode < 0 ? -1 : (mode > 0); }
+
+int cgru_int8_strip_quads_of(int K) { return cgru_int8_strip_quads(K); }
+
+const char *cgru_int8_kernel(void)
+{
+    if (cgru_int8_dot_preferred()) return "AVX512_VNNI dot products (vpdpbusd)";
+    return "integer sums in 32-bit lanes";
+}
+
 const char *cgru_kernel_isa(void)
 {
 #ifdef CGRU_MULTIVERSION

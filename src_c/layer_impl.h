@@ -99,18 +99,19 @@ static inline FN(cgru_operand) FN(slice_operand)(cgru_product_kernel kernel,
     return (FN(cgru_operand)){w_packed + 3L * j0 * H + (second ? 2L * hs * H : 0), H, 1, 0};
 }
 
-/* cgru_layer_forward_f32/_f64 (W_hh in w_hh), and cgru_layer_forward_bf16 (W_hh in bfloat16
- * strips, w_hh16, with w_hh NULL; see cgru.h) */
+/* cgru_layer_forward_f32/_f64 (W_hh in w_hh, format CGRU_WEIGHTS_DTYPE), and
+ * cgru_layer_forward_quantized (W_hh in strips w_hh_q stored as format says, w_hh NULL; see
+ * cgru.h) */
 static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REAL *scratch,
                                      const REAL *x, const REAL *h0, const REAL *w_ih,
-                                     const REAL *w_hh, const uint16_t *w_hh16,
+                                     const REAL *w_hh, const void *w_hh_q, cgru_weights format,
                                      const REAL *b_ih, const REAL *b_hh,
                                      const int64_t *lengths, const cgru_layer_config *cfg)
 {
     if (!cgru_blas_ready()) return CGRU_ERR_NO_BLAS;
     cgru_status st = check_config(cfg);
     if (st != CGRU_OK) return st;
-    if (w_hh16 && cfg->training) return CGRU_ERR_INFERENCE_ONLY;
+    if (format != CGRU_WEIGHTS_DTYPE && cfg->training) return CGRU_ERR_INFERENCE_ONLY;
     saved = (REAL *)aligned_start(saved);
     scratch = (REAL *)aligned_start(scratch);
     const int T = cfg->time_steps, B = cfg->batch, I = cfg->input_size, H = cfg->hidden_size, G = 3 * H;
@@ -136,11 +137,11 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
     /* 2. pack W_hh by slices: here for the unpacked kernels, inside the loop's region (each
      *    thread its own slices) for the panel product */
     const int n_slices = cgru_slice_count(plan.parts, H, ALIGN);
-    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, w_hh16 != 0);
+    const cgru_product_kernel kernel = cgru_product_choose(B, H, sizeof(REAL), 1, format);
     const int panels = kernel == CGRU_PRODUCT_PANELS;
     size_t packed_at[n_slices + 1];  /* where each slice's panels start */
     slice_packed_offsets(packed_at, H, n_slices, reset_after, 0, ALIGN, CGRU_PANEL_WIDTH(sizeof(REAL)));
-    if (!panels && w_hh)  /* bfloat16 strips need no packing */
+    if (!panels && w_hh)  /* strips need no packing */
         FN(pack_recurrent_weights)(w_packed, w_hh, H, n_slices, cgru_plan_threads(plan, n_slices));
     REAL *b_hn = scratch + L.hn_bias;  /* (H): b_hn, or zeros for a GRU without bias */
     for (int j = 0; j < H; j++) b_hn[j] = b_hh ? b_hh[2 * H + j] : 0;
@@ -176,7 +177,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                 REAL *gh_own = gh + 3L * B * j0;                  /* (B, 3hs) */
                 const int gates_now = reset_after ? 3 : 2;        /* r, z (and n) now */
                 FN(cgru_product)(kernel, gh_own, 3 * hs, h_prev, H,
-                                 w_hh16 ? FN(strips_operand)(w_hh16, H, H, 0, j0, j1)
+                                 w_hh_q ? FN(strips_operand)(w_hh_q, format, H, H, 0, j0, j1)
                                         : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                             H, own_slice_index, j0, j1,
                                                             reset_after, 0, 0),
@@ -194,7 +195,7 @@ static cgru_status FN(layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, R
                     const int hs = j1 - j0;
                     REAL *gh_own = gh + 3L * B * j0;
                     FN(cgru_product)(kernel, gh_own + 2 * hs, 3 * hs, rh_or_hn, H,
-                                     w_hh16 ? FN(strips_operand)(w_hh16, H, H, 2, j0, j1)
+                                     w_hh_q ? FN(strips_operand)(w_hh_q, format, H, H, 2, j0, j1)
                                            : FN(slice_operand)(kernel, w_packed, packed_at, w_hh,
                                                                H, own_slice_index, j0, j1,
                                                                reset_after, 0, 1),
@@ -219,17 +220,21 @@ cgru_status FN(cgru_layer_forward)(REAL *y, int ldy, REAL *h_n, REAL *saved, REA
                                    const int64_t *lengths, const cgru_layer_config *cfg)
 {
     return FN(layer_forward)(y, ldy, h_n, saved, scratch, x, h0, w_ih,
-                             w_hh, 0, b_ih, b_hh, lengths, cfg);
+                             w_hh, 0, CGRU_WEIGHTS_DTYPE, b_ih, b_hh, lengths, cfg);
 }
 
 #if !CGRU_DOUBLE
-cgru_status cgru_layer_forward_bf16(float *y, int ldy, float *h_n, float *saved, float *scratch,
-                                    const float *x, const float *h0, const float *w_ih,
-                                    const uint16_t *w_hh, const float *b_ih, const float *b_hh,
-                                    const int64_t *lengths, const cgru_layer_config *cfg)
+cgru_status cgru_layer_forward_quantized(float *y, int ldy, float *h_n, float *saved,
+                                         float *scratch, const float *x, const float *h0,
+                                         const float *w_ih, const void *w_hh,
+                                         cgru_weights format, const float *b_ih,
+                                         const float *b_hh, const int64_t *lengths,
+                                         const cgru_layer_config *cfg)
 {
+    if (format != CGRU_WEIGHTS_BF16 && format != CGRU_WEIGHTS_INT8) return CGRU_ERR_BAD_DIMS;
+    if (format == CGRU_WEIGHTS_INT8 && cfg->hidden_size > CGRU_INT8_MAX_K) return CGRU_ERR_TOO_LARGE;
     return layer_forward_f32(y, ldy, h_n, saved, scratch, x, h0, w_ih,
-                             0, w_hh, b_ih, b_hh, lengths, cfg);
+                             0, w_hh, format, b_ih, b_hh, lengths, cfg);
 }
 #endif
 

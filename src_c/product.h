@@ -26,6 +26,10 @@
  *           arithmetic on the rounded weights, as the sequence forward's BLAS does on their values
  *           in params (summed in another order). step()'s input product only
  *           (cgru_input_product_choose).
+ *   STRIPS_INT8  W_hh in int8 strips with a scale per output unit (a GRU quantized with mode
+ *           "int8"), times the state quantized to 8 bits per row and step: a quarter of
+ *           float32's bytes, and with AVX512_VNNI one instruction per 64 products. Its layout,
+ *           numbers and kernels: strips_int8.h. The only kernel for int8 W_hh.
  *
  * bfloat16 strips: the layout a quantized GRU keeps W_hh (and with "bfloat16_all", W_ih) in
  * (cgru.GRU.quantize makes it), read by both the sequence loop and step() without packing. For
@@ -54,12 +58,14 @@
 #include "blas.h"
 #include "panels.h"
 #include "simd.h"
+#include "strips_int8.h"
 
 typedef enum {
     CGRU_PRODUCT_PANELS,
     CGRU_PRODUCT_ROWS,
     CGRU_PRODUCT_STRIPS_BF16,
     CGRU_PRODUCT_STRIPS_BF16_EXACT,
+    CGRU_PRODUCT_STRIPS_INT8,
     CGRU_PRODUCT_PAIRS,
     CGRU_PRODUCT_BLAS,
 } cgru_product_kernel;
@@ -119,11 +125,12 @@ static inline int cgru_bf16_dot_preferred(void)
 
 /* The kernel for every per-step product of a call with B batch rows and H hidden units of
  * elem_size bytes; can_pack: the call packs its weights once before the loop (the sequence loop
- * does, step() does not); bf16: W_hh is in bfloat16 strips. */
+ * does, step() does not); format: how W_hh is stored (cgru.h). */
 static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_size, int can_pack,
-                                                      int bf16)
+                                                      cgru_weights format)
 {
-    if (bf16) return CGRU_PRODUCT_STRIPS_BF16;
+    if (format == CGRU_WEIGHTS_BF16) return CGRU_PRODUCT_STRIPS_BF16;
+    if (format == CGRU_WEIGHTS_INT8) return CGRU_PRODUCT_STRIPS_INT8;
     if (can_pack && cgru_panels_preferred()) return CGRU_PRODUCT_PANELS;
     const int cached = 3.0 * H * H * elem_size <= CGRU_CACHED_BYTES;  /* W_hh */
     if (B == 1 || (B <= CGRU_ROWS_MAX_BATCH && cached)) return CGRU_PRODUCT_ROWS;
@@ -135,7 +142,8 @@ static inline cgru_product_kernel cgru_product_choose(int B, int H, int elem_siz
  * in one BLAS call before it): bf16, W_ih is in bfloat16 strips. */
 static inline cgru_product_kernel cgru_input_product_choose(int B, int H, int elem_size, int bf16)
 {
-    return bf16 ? CGRU_PRODUCT_STRIPS_BF16_EXACT : cgru_product_choose(B, H, elem_size, 0, 0);
+    return bf16 ? CGRU_PRODUCT_STRIPS_BF16_EXACT
+                : cgru_product_choose(B, H, elem_size, 0, CGRU_WEIGHTS_DTYPE);
 }
 
 #define CGRU_DOUBLE 0

@@ -597,29 +597,34 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
  * The weights of one per-step product C (M, N) = A (M, K) op(W):
  *   PANELS:      w is op(W) (K, N) packed into panels (panels.h; ld unused), a slice's gates
  *                already side by side;
- *   STRIPS_BF16, STRIPS_BF16_EXACT: w16 is the first of the bfloat16 strips of W's rows
- *                (N, K), op(W) = W^T (product.h; float32 products only; w unused);
+ *   STRIPS_BF16, STRIPS_BF16_EXACT, STRIPS_INT8: wq is the first of the bfloat16 (uint16_t)
+ *                or int8 (int8_t) strips of W's rows (N, K), op(W) = W^T (product.h,
+ *                strips_int8.h; float32 products only; w unused);
  *   other kernels: w is W as it lies, rows ld apart: (N, K) with op(W) = W^T when transposed
  *                (rows are output units, as W_hh in h W_hh^T), else (K, N) with op(W) = W.
  * Gate runs (all but PANELS): with gate_cols > 0, C's columns come in runs of gate_cols, one
  * per gate (a thread's units of r, z and n side by side), and each run's weights start
- * gate_stride elements (of w, or of w16) after the previous run's, so that one product covers a
+ * gate_stride elements of w (bytes of int8 strips, elements of bfloat16 ones) after the previous run's, so that one product covers a
  * slice of units in every gate (strips_operand; step.c's rows_of).
  */
 typedef struct {
     const REAL *w;
     int ld, transposed;
-    const uint16_t *w16;
+    const void *wq;
     long gate_stride;
     int gate_cols;
 } FN(cgru_operand);
 
-/* The bfloat16 strips of units [j0, j1) of weights (3H, K), from gate g on: a product of
- * n (j1 - j0) columns with this operand multiplies by gates g .. g + n - 1 at once. */
-static inline FN(cgru_operand) FN(strips_operand)(const uint16_t *w16, int H, int K, int g, int j0,
-                                                  int j1)
+/* The strips (stored as `format` says: cgru.h) of units [j0, j1) of weights (3H, K), from gate
+ * g on: a product of n (j1 - j0) columns with this operand multiplies by gates g .. g + n - 1 at
+ * once. */
+static inline FN(cgru_operand) FN(strips_operand)(const void *wq, cgru_weights format, int H,
+                                                  int K, int g, int j0, int j1)
 {
-    return (FN(cgru_operand)){0, K, 1, cgru_bf16_gate_strips(w16, H, K, g, j0),
+    if (format == CGRU_WEIGHTS_INT8)
+        return (FN(cgru_operand)){0, K, 1, cgru_int8_gate_strips(wq, H, K, g, j0),
+                                  cgru_int8_gate_stride(H, K), j1 - j0};
+    return (FN(cgru_operand)){0, K, 1, cgru_bf16_gate_strips(wq, H, K, g, j0),
                               cgru_bf16_gate_stride(H, K), j1 - j0};
 }
 
@@ -632,9 +637,11 @@ static inline void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc
         FN(panels_matmul)(C, ldc, A, lda, W.w, M, N, K, accumulate);
 #if !CGRU_DOUBLE
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16) {  /* never accumulates: forward products only */
-        strips_bf16(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K);
+        strips_bf16(C, ldc, A, lda, W.wq, W.gate_stride, W.gate_cols, M, N, K);
     } else if (kernel == CGRU_PRODUCT_STRIPS_BF16_EXACT) {
-        strips_bf16_widened(C, ldc, A, lda, W.w16, W.gate_stride, W.gate_cols, M, N, K, 0);
+        strips_bf16_widened(C, ldc, A, lda, W.wq, W.gate_stride, W.gate_cols, M, N, K, 0);
+    } else if (kernel == CGRU_PRODUCT_STRIPS_INT8) {
+        strips_int8(C, ldc, A, lda, W.wq, W.gate_stride, W.gate_cols, M, N, K);
 #endif
     } else {  /* the weights as they lie: one product per gate run */
         const int run = W.gate_cols > 0 && W.gate_cols < N ? W.gate_cols : N;

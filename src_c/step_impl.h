@@ -6,8 +6,9 @@ typedef struct {
     REAL *h_out;
     const REAL *x_in, *h_prev_all;  /* copies of x (B, I0) and h_in (L, B, H) */
     const REAL *const *w_ih, *const *w_hh, *const *b_ih, *const *b_hh;
-    const uint16_t *const *w_hh16;          /* W_hh in bfloat16 instead of w_hh, or NULL */
+    const void *const *w_hh_q;              /* W_hh in strips instead of w_hh, or NULL */
     const uint16_t *const *w_ih16;          /* W_ih in bfloat16 instead of w_ih, or NULL */
+    cgru_weights format;                    /* how w_hh_q's strips are stored */
     REAL *gx, *gh, *rh, *y, *b_hn, *bias;  /* (B, 3H), (B, 3H), (B, H), (B, H), (H), (3H) */
     cgru_barrier *barrier;                  /* between layers, and before reset_after=0's n */
     cgru_product_kernel kernel, kernel_hh;  /* product.h: x W_ih^T, h W_hh^T */
@@ -15,12 +16,12 @@ typedef struct {
 } FN(step_work);
 
 /* The operand of layer l's W_hh rows of units [j0, j1) from gate g on, in the dtype or in
- * bfloat16 strips: a product of n (j1 - j0) columns reads gates g .. g + n - 1 (gate runs,
+ * strips: a product of n (j1 - j0) columns reads gates g .. g + n - 1 (gate runs,
  * product_impl.h). */
 static inline FN(cgru_operand) FN(rows_of)(const FN(step_work) *w, int l, int g, int j0, int j1)
 {
     const int H = w->H;
-    if (w->w_hh16) return FN(strips_operand)(w->w_hh16[l], H, H, g, j0, j1);
+    if (w->w_hh_q) return FN(strips_operand)(w->w_hh_q[l], w->format, H, H, g, j0, j1);
     return (FN(cgru_operand)){w->w_hh[l] + ((long)g * H + j0) * H, H, 1, 0, (long)H * H, j1 - j0};
 }
 
@@ -61,12 +62,13 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
                 /* strips of all three gates in one product (gate runs of H columns lie in gx
                  * as the gates do), so that its register tiles take up to 12 strips */
                 FN(cgru_product)(kernel, gx, G, in, I,
-                                 FN(strips_operand)(w->w_ih16[l], H, I, 0, 0, H), B, G, I, 0);
+                                 FN(strips_operand)(w->w_ih16[l], CGRU_WEIGHTS_BF16, H, I, 0, 0, H),
+                                 B, G, I, 0);
             } else {
                 for (int g = 0; g < 3; g++) {
                     const int row0 = g * H + j0;
                     const FN(cgru_operand) w_gate = w->w_ih16  /* (hs, I) */
-                        ? FN(strips_operand)(w->w_ih16[l], H, I, g, j0, j1)
+                        ? FN(strips_operand)(w->w_ih16[l], CGRU_WEIGHTS_BF16, H, I, g, j0, j1)
                         : (FN(cgru_operand)){w_ih[l] + (long)row0 * I, I, 1, 0};
                     FN(cgru_product)(kernel, gx + row0, G, in, I, w_gate, B, hs, I, 0);
                 }
@@ -98,11 +100,11 @@ static void FN(step_layers)(const FN(step_work) *w, int me, int team)
     }
 }
 
-/* cgru_step_f32/_f64, and cgru_step_bf16 with w_hh16 instead of w_hh (and w_ih16, when not
- * NULL, instead of w_ih) (see cgru.h) */
+/* cgru_step_f32/_f64, and cgru_step_quantized with w_hh_q (stored as format says) instead of
+ * w_hh (and w_ih16, when not NULL, instead of w_ih) (see cgru.h) */
 static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const REAL *const *w_ih,
                             const uint16_t *const *w_ih16, const REAL *const *w_hh,
-                            const uint16_t *const *w_hh16,
+                            const void *const *w_hh_q, cgru_weights format,
                             const REAL *const *b_ih, const REAL *const *b_hh, int L, int B,
                             int I0, int H, int reset_after, int n_threads)
 {
@@ -129,7 +131,7 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
     const long work = (long)B * G * (I0 + (long)(L - 1) * H + (long)L * H);
     const cgru_product_kernel kernel =
         cgru_input_product_choose(B, H, sizeof(REAL), w_ih16 != 0);
-    const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, w_hh16 != 0);
+    const cgru_product_kernel kernel_hh = cgru_product_choose(B, H, sizeof(REAL), 0, format);
     const int shared = kernel != CGRU_PRODUCT_BLAS && kernel_hh != CGRU_PRODUCT_BLAS
                        && work >= STEP_SHARED_WORK && n_threads > 1;
     const cgru_plan plan = shared ? cgru_plan_begin(n_threads) : cgru_plan_serial();  /* threads.h */
@@ -137,9 +139,9 @@ static cgru_status FN(step)(REAL *h_out, const REAL *h_in, const REAL *x, const 
 
     cgru_barrier barrier;
     cgru_barrier_init(&barrier);
-    const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, w_hh16,
-                                        w_ih16, gx, gh, rh, y, b_hn, bias, &barrier, kernel, kernel_hh,
-                                        L, B, I0, H, reset_after, n_slices};
+    const FN(step_work) work_of_step = {h_out, x_in, h_prev_all, w_ih, w_hh, b_ih, b_hh, w_hh_q,
+                                        w_ih16, format, gx, gh, rh, y, b_hn, bias, &barrier, kernel,
+                                        kernel_hh, L, B, I0, H, reset_after, n_slices};
     if (cgru_plan_threads(plan, n_slices) == 1) {
         FN(step_layers)(&work_of_step, 0, 1);  /* no parallel region to open or join */
     } else {
@@ -160,19 +162,21 @@ cgru_status FN(cgru_step)(REAL *h_out, const REAL *h_in, const REAL *x, const RE
                           const REAL *const *b_hh, int L, int B, int I0, int H, int reset_after,
                           int n_threads)
 {
-    return FN(step)(h_out, h_in, x, w_ih, 0, w_hh, 0, b_ih, b_hh, L, B, I0, H, reset_after,
-                    n_threads);
+    return FN(step)(h_out, h_in, x, w_ih, 0, w_hh, 0, CGRU_WEIGHTS_DTYPE, b_ih, b_hh, L, B, I0,
+                    H, reset_after, n_threads);
 }
 
 #if !CGRU_DOUBLE
-cgru_status cgru_step_bf16(float *h_out, const float *h_in, const float *x,
-                           const float *const *w_ih, const uint16_t *const *w_ih16,
-                           const uint16_t *const *w_hh, const float *const *b_ih,
-                           const float *const *b_hh, int L, int B, int I0, int H,
-                           int reset_after, int n_threads)
+cgru_status cgru_step_quantized(float *h_out, const float *h_in, const float *x,
+                                const float *const *w_ih, const uint16_t *const *w_ih16,
+                                const void *const *w_hh, cgru_weights format,
+                                const float *const *b_ih, const float *const *b_hh, int L, int B,
+                                int I0, int H, int reset_after, int n_threads)
 {
-    return step_f32(h_out, h_in, x, w_ih, w_ih16, 0, w_hh, b_ih, b_hh, L, B, I0, H, reset_after,
-                    n_threads);
+    if (format != CGRU_WEIGHTS_BF16 && format != CGRU_WEIGHTS_INT8) return CGRU_ERR_BAD_DIMS;
+    if (format == CGRU_WEIGHTS_INT8 && H > CGRU_INT8_MAX_K) return CGRU_ERR_TOO_LARGE;
+    return step_f32(h_out, h_in, x, w_ih, w_ih16, 0, w_hh, format, b_ih, b_hh, L, B, I0, H,
+                    reset_after, n_threads);
 }
 #endif
 

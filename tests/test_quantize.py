@@ -1,4 +1,5 @@
-"""Reduced precision: `quantize("bfloat16")` on cgru.GRU, the Keras-style layers and models.
+"""Reduced precision: `quantize("bfloat16")` on cgru.GRU, the Keras-style layers and models,
+and what every mode (int8 too: test_quantize_int8.py specifies its numbers) shares.
 
 What is specified here:
   - what a quantized GRU computes: every W_hh rounded to the nearest bfloat16 (ties to even),
@@ -11,12 +12,13 @@ What is specified here:
     the sequence forward and for step(), on batches below and above 4, one and two layers and
     directions, variable lengths and one and two threads;
   - the AVX512_BF16 kernel and the widening kernel give the same outputs;
-  - how far this moves a GRU: within 1e-2 of float32 over 1000 steps, and at most 1% on the
-    demo forecaster's test RMSE;
+  - how far this (and int8) moves a GRU: within 1e-2 of float32 over 1000 steps, and at most 1%
+    on the demo forecaster's test RMSE;
   - a quantized GRU or model runs inference only, and refuses bad use by naming what is wrong;
   - its parameters: the rounded ones (W_hh, and W_ih with "bfloat16_all") read-only and
     exactly bfloat16, new values rounded in their turn;
-  - to_bfloat16_bits rounding, copies and pickles, model files, and the exports that refuse.
+  - to_bfloat16_bits rounding, copies and pickles, model files, and the exports that refuse (in
+    every mode).
 """
 import copy
 import dataclasses
@@ -28,7 +30,8 @@ import pytest
 
 import cgru
 from cgru import _engine, cli, forecast, layers
-from cgru.gru import QUANTIZATION_MODES, from_bfloat16_bits, to_bfloat16_bits
+from cgru.quantization import (QUANTIZATION_MODES, from_bfloat16_bits, from_int8, to_bfloat16_bits,
+                               to_int8)
 from cgru.interop import export_onnx, to_keras, to_torch
 
 # A one-step comparison with the emulation allows float32 rounding of the engine's sums and its
@@ -37,6 +40,8 @@ STEP_ATOL = 2e-5
 # How far the engine's r * h (reset_after=False) can be from the emulation's before bfloat16
 # rounding: its sigmoid is within 2.5e-7 of exact (test_equations bounds it), its sums float32. Where a rounding tie lies this close, either neighbour is right (see emulated_step).
 RH_MARGIN = 1e-6
+# The modes whose numbers the bfloat16 oracle below gives
+BFLOAT16_MODES = ["bfloat16", "bfloat16_all"]
 
 
 # ---- the oracle -------------------------------------------------------------------------------
@@ -170,7 +175,7 @@ def bf16_dot_mode():
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, False),
                                                       (2, True)])
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+@pytest.mark.parametrize("mode", BFLOAT16_MODES)
 def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(mode, reset_after, num_layers,
                                                                  bidirectional, B, H, threads):
     """Batches of up to 4 and of more; hidden sizes with and without leftovers of the kernels'
@@ -222,7 +227,7 @@ def test_a_hidden_size_beyond_one_chunk_of_the_state_sums_its_chunks(reset_after
 @pytest.mark.parametrize("B", [1, 3, 9])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+@pytest.mark.parametrize("mode", BFLOAT16_MODES)
 def test_a_quantized_step_is_the_bfloat16_gru_step(mode, reset_after, num_layers, B, H, threads):
     """With "bfloat16_all" the input product runs on W_ih's strips, the inputs not rounded
     (the emulation's float64 product of the rounded W_ih and the inputs as they are)."""
@@ -264,7 +269,7 @@ def test_with_bfloat16_all_step_multiplies_inputs_of_any_width_by_the_rounded_w_
 @pytest.mark.parametrize("B", [1, 3, 6])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+@pytest.mark.parametrize("mode", BFLOAT16_MODES)
 def test_a_quantized_step_gives_what_the_sequence_forward_gives_from_the_same_state(
         mode, reset_after, num_layers, B):
     """Along a sequence, step() (into out=h) and a forward over the step's input, both from the
@@ -325,7 +330,8 @@ def test_quantize_changes_only_the_recurrent_weights_and_returns_the_gru():
     before = gru.state_dict()
     assert gru.quantized is None
     assert gru.quantize("bfloat16") is gru
-    assert gru.quantized == "bfloat16" and list(QUANTIZATION_MODES) == ["bfloat16", "bfloat16_all"]
+    assert gru.quantized == "bfloat16"
+    assert list(QUANTIZATION_MODES) == ["bfloat16", "bfloat16_all", "int8"]
     assert not gru.training
     for name, value in gru.params.items():
         if name.startswith("weight_hh"):
@@ -539,9 +545,9 @@ def test_a_bidirectional_layer_is_quantized_in_both_directions_by_model_quantize
 
 def test_an_unknown_mode_is_refused_naming_the_modes():
     gru = cgru.GRU(2, 3)
-    with pytest.raises(ValueError, match=r"mode must be one of \['bfloat16', 'bfloat16_all'\], "
-                                         r"got 'int8'"):
-        gru.quantize("int8")
+    with pytest.raises(ValueError, match=r"mode must be one of \['bfloat16', 'bfloat16_all', "
+                                         r"'int8'\], got 'int4'"):
+        gru.quantize("int4")
     assert gru.quantized is None and gru.train() is gru
 
 
@@ -581,8 +587,8 @@ def test_model_quantize_needs_a_gru_layer_and_no_layer_already_quantized():
 
 
 def test_a_layer_refuses_an_unknown_quantized_setting():
-    with pytest.raises(ValueError, match="quantized must be None or one of.*'int8'"):
-        layers.GRU(4, quantized="int8")
+    with pytest.raises(ValueError, match="quantized must be None or one of.*'int4'"):
+        layers.GRU(4, quantized="int4")
 
 
 # ---- parameters -------------------------------------------------------------------------------
@@ -736,15 +742,18 @@ def test_copies_and_pickles_keep_the_quantization(duplicate, mode):
         np.testing.assert_array_equal(twin.params[name], gru.params[name])
     with pytest.raises(RuntimeError, match="quantized"):
         twin.train()
-    w = np.full((60, 20), 0.01234, np.float32)
-    twin.weight_hh_l0 = w  # still rounded on assignment
-    np.testing.assert_array_equal(twin.weight_hh_l0, bfloat16_value(w).astype(np.float32))
+    w = np.random.default_rng(3).uniform(-0.3, 0.3, (60, 20)).astype(np.float32)
+    twin.weight_hh_l0 = w  # still quantized on assignment
+    if mode == "int8":
+        np.testing.assert_array_equal(twin.weight_hh_l0, from_int8(*to_int8(w)))
+    else:
+        np.testing.assert_array_equal(twin.weight_hh_l0, bfloat16_value(w).astype(np.float32))
 
 
 def test_a_gru_pickled_before_quantize_existed_loads_unquantized():
     gru = cgru.GRU(2, 4, seed=0)
     state = gru.__getstate__()
-    for key in ("_bfloat16", "_bfloat16_of"):
+    for key in ("_strips", "_quantized_of"):
         del state[key]
     old = cgru.GRU.__new__(cgru.GRU)
     old.__setstate__(state)
@@ -755,14 +764,28 @@ def test_a_gru_pickled_before_quantize_existed_loads_unquantized():
     assert old.quantized == "bfloat16"
 
 
-
-def test_a_quantized_gru_pickled_with_other_strips_lays_them_out_again_on_load():
-    # the strips are the engine's working layout, not the model: a pickle made by an engine that
-    # laid them out otherwise (here: zeros of another size) loads as the same bfloat16 GRU
-    gru = cgru.GRU(3, 128, seed=2).quantize("bfloat16")
+@pytest.mark.parametrize("mode", BFLOAT16_MODES)
+def test_a_bfloat16_gru_pickled_before_int8_existed_loads_quantized(mode):
+    # its state named the strips and their values for bfloat16, the one format there was then
+    gru = cgru.GRU(3, 20, seed=4).quantize(mode)
     state = gru.__getstate__()
-    state["_bfloat16"] = {k: np.zeros((v.shape[0] - 3, 32), np.uint16)
-                          for k, v in state["_bfloat16"].items()}
+    state["_bfloat16"], state["_bfloat16_of"] = state.pop("_strips"), state.pop("_quantized_of")
+    old = cgru.GRU.__new__(cgru.GRU)
+    old.__setstate__(state)
+    assert old.quantized == mode
+    x = np.random.default_rng(4).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(old(x)[0], gru(x)[0])
+    np.testing.assert_array_equal(old.step(x[0]), gru.step(x[0]))
+
+
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_a_quantized_gru_pickled_with_other_strips_lays_them_out_again_on_load(mode):
+    # the strips are the engine's working layout, not the model: a pickle made by an engine that
+    # laid them out otherwise (here: zeros of another size) loads as the same quantized GRU
+    gru = cgru.GRU(3, 128, seed=2).quantize(mode)
+    state = gru.__getstate__()
+    state["_strips"] = {k: np.zeros((v.shape[0] - 3, v.shape[1]), v.dtype)
+                        for k, v in state["_strips"].items()}
     old = cgru.GRU.__new__(cgru.GRU)
     old.__setstate__(state)
     x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
