@@ -104,6 +104,7 @@ cdef extern from "cgru.h":
                                     const float* const*, const float* const*,
                                     int, int, int, int, int, int) nogil
 
+    cgru_status cgru_int8_product(float*, const float*, const int8_t*, int, int, int) nogil
     void cgru_activations_f32(float*, float*, const float*, long) nogil
     void cgru_activations_f64(double*, double*, const double*, long) nogil
 
@@ -851,6 +852,22 @@ def gru_step(dict params, x_t, h, out, StepLayout layout not None, dict strips=N
     if user_out is not None:
         user_out[...] = out
         return user_out
+    return out
+
+
+def int8_product(a, strips, int H):
+    """a (M, K) float32 times W^T for W (3H, K) in int8 strips (int8_strips), as every
+    recurrent product of an int8 GRU computes it: (M, 3H) float32."""
+    a = np.require(a, np.float32, ["C", "A"])
+    cdef int M = _engine_int(a.shape[0], "rows"), K = _engine_int(a.shape[1], "inputs")
+    cdef void *pw = _data(strips, _INT8_STRIPS, int8_strips_size(H, K), "strips")
+    out = np.empty((M, 3 * H), np.float32)
+    cdef float *pout = <float*>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef float *pa = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef cgru_status status
+    with nogil:
+        status = cgru_int8_product(pout, pa, <int8_t*>pw, M, H, K)
+    _check(status, "int8_product")
     return out
 
 

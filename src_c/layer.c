@@ -75,6 +75,14 @@ const char *cgru_int8_kernel(void)
     return "integer sums in 32-bit lanes";
 }
 
+cgru_status cgru_int8_product(float *C, const float *A, const int8_t *w, int M, int H, int K)
+{
+    if (M <= 0 || H <= 0 || K <= 0) return CGRU_ERR_BAD_DIMS;
+    if (K > CGRU_INT8_MAX_K || 3L * H > 2147483647L) return CGRU_ERR_TOO_LARGE;
+    strips_int8(C, 3 * H, A, K, w, cgru_int8_gate_stride(H, K), H, M, 3 * H, K);
+    return CGRU_OK;
+}
+
 const char *cgru_kernel_isa(void)
 {
 #ifdef CGRU_MULTIVERSION
