@@ -62,7 +62,8 @@ def info() -> "dict[str, object]":
     the CPU dispatch chose for the gate kernels), recurrent_product (how the per-step
     products run: packed panels on CPUs with AVX2 and FMA or AVX-512, else on the weights as
     they lie, and in which register tiles) and bfloat16_product (how a quantized GRU's bfloat16
-    W_hh are multiplied; step()'s bfloat16 W_ih are widened to float32 in registers); threads,
+    W_hh are multiplied; step()'s bfloat16 W_ih are widened to float32 in registers),
+    int8_product (how an int8 GRU's integer sums run); threads,
     cpus_available,
     blas, blas_threads_controlled, blas_kernel (the OpenBLAS kernel SciPy's BLAS runs, the best
     this CPU supports, and whether an environment variable holds it below). Facts that an extension built before they were recorded
@@ -80,6 +81,7 @@ def info() -> "dict[str, object]":
     tiles = getattr(_engine, "register_tiles", None)
     kernels = getattr(_engine, "kernel_isa", None)
     bf16 = getattr(_engine, "bf16_kernel", None)
+    int8 = getattr(_engine, "int8_kernel", None)
     return {
         "version": __version__,
         "compiler": (getattr(_engine, "COMPILER", None) or "").strip() or None,
@@ -97,6 +99,7 @@ def info() -> "dict[str, object]":
                                "unpacked (one row, two rows at a time, or BLAS GEMM by batch)")
                               + (f", {tiles()}" if tiles else "")),
         "bfloat16_product": bf16() if bf16 else None,
+        "int8_product": int8() if int8 else None,
         "threads": _engine.get_num_threads(),
         "cpus_available": _engine.cpus_available(),
         "blas": "scipy.linalg.cython_blas",

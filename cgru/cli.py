@@ -229,7 +229,8 @@ def _info():
           "fork: children of a process that used threads run on one thread")
     print(f"kernels (CPU dispatch): gates {facts['kernels'] or unknown}; per-step products "
           f"{facts['recurrent_product'] or unknown}; bfloat16 W_hh (quantize) "
-          f"{facts['bfloat16_product'] or unknown}")
+          f"{facts['bfloat16_product'] or unknown}; int8 W_hh "
+          f"{facts['int8_product'] or unknown}")
     print(f"threads: {facts['threads']} (cgru.set_num_threads or OMP_NUM_THREADS); a call runs "
           f"at most {facts['cpus_available']}, the CPUs this process may use")
     print("BLAS: SciPy's, through scipy.linalg.cython_blas"

@@ -853,17 +853,19 @@ def no_frameworks(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
 
 
-def test_onnx_export_refuses_a_quantized_gru_naming_bfloat16(no_frameworks, tmp_path):
-    gru = cgru.GRU(3, 4).quantize("bfloat16")
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_onnx_export_refuses_a_quantized_gru_naming_its_mode(no_frameworks, tmp_path, mode):
+    gru = cgru.GRU(3, 4).quantize(mode)
     path = tmp_path / "gru.onnx"
-    with pytest.raises(ValueError, match="bfloat16"):
+    with pytest.raises(ValueError, match=rf"\({mode}\) holds quantized weights"):
         export_onnx(gru, path)
     assert not path.exists()
 
 
-def test_to_torch_refuses_a_quantized_gru_naming_bfloat16(no_frameworks):
-    with pytest.raises(ValueError, match="bfloat16"):
-        to_torch(cgru.GRU(3, 4).quantize("bfloat16"))
+@pytest.mark.parametrize("mode", list(QUANTIZATION_MODES))
+def test_to_torch_refuses_a_quantized_gru_naming_its_mode(no_frameworks, mode):
+    with pytest.raises(ValueError, match=rf"\({mode}\) holds quantized weights"):
+        to_torch(cgru.GRU(3, 4).quantize(mode))
 
 
 @pytest.mark.parametrize("build", [gru_model, bidirectional_model])

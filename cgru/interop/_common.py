@@ -14,12 +14,12 @@ def refuse_quantized(gru_or_model, what, target):
     computes what cgru's reduced precision computes, so the export would change the outputs."""
     layers = getattr(gru_or_model, "layers", None)
     if layers is None:
-        quantized = [type(gru_or_model).__name__] if getattr(gru_or_model, "quantized", None) \
-            else []
+        mode = getattr(gru_or_model, "quantized", None)
+        quantized = [f"{type(gru_or_model).__name__} ({mode})"] if mode else []
     else:
-        quantized = [f"layer '{layer.name}'" for layer in layers
+        quantized = [f"layer '{layer.name}' ({layer.quantized})" for layer in layers
                      if getattr(layer, "quantized", None) is not None]
     if quantized:
-        raise ValueError(f"{what}: {', '.join(quantized)} holds bfloat16 weights, and "
-                         f"{target} has no GRU that computes as cgru's bfloat16 one does; "
+        raise ValueError(f"{what}: {', '.join(quantized)} holds quantized weights, and "
+                         f"{target} has no GRU that computes as cgru's quantized one does; "
                          f"export the float32 model (before quantize) instead")

@@ -112,8 +112,8 @@ class GRU(Layer):
     activations are sigmoid and tanh. Called as `gru(x, initial_state=h0, mask=mask)`.
 
     quantized: None, "bfloat16" for a layer whose recurrent weights are stored in bfloat16 once
-    built, or "bfloat16_all" for its input weights too (see `quantize`; saved models record it
-    here).
+    built, "bfloat16_all" for its input weights too, or "int8" for recurrent weights in int8
+    (see `quantize`; saved models record it here).
     """
 
     def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
@@ -200,11 +200,11 @@ class GRU(Layer):
 
     @property
     def quantized(self) -> str | None:
-        """None, or the mode the weights are stored in ("bfloat16", "bfloat16_all")."""
+        """None, or the mode the weights are stored in ("bfloat16", "bfloat16_all", "int8")."""
         return self._quantized
 
     def quantize(self, mode: str) -> None:
-        """Store the weights in `mode` ("bfloat16", "bfloat16_all"), in place, as Keras 3's
+        """Store the weights in `mode` ("bfloat16", "bfloat16_all", "int8"), in place, as Keras 3's
         `layer.quantize(mode)`: see `cgru.GRU.quantize`. The layer then runs inference only."""
         if not self.built:
             raise ValueError(f"layer '{self._label}' (GRU): quantize needs a built layer; build "
@@ -590,7 +590,7 @@ class Bidirectional(Wrapper):
 
     @property
     def quantized(self) -> str | None:
-        """The wrapped GRU's quantization: None, "bfloat16" or "bfloat16_all"."""
+        """The wrapped GRU's quantization: None, "bfloat16", "bfloat16_all" or "int8"."""
         return self.layer.quantized
 
     def quantize(self, mode: str) -> None:
