@@ -36,6 +36,7 @@ OWN = {"cgru", "numpy reference", "cgru step()", "cgru whole sequence"}
 ALLOW_KERNEL = "--allow-kernel"
 sys.path.insert(0, HERE)
 from cgru import _blas_kernel as blas  # noqa: E402
+from cgru.quantization import QUANTIZATION_MODES  # noqa: E402
 
 
 def pytest_args():
@@ -293,27 +294,32 @@ def main():
             scaling_lines.append(f"| {pass_name} | {n} | {median * 1e3:.2f} ms | "
                                  f"{info['gflops']:.1f} | {speedup} | {info['handoff_us']:.2f} |")
     scaling_config = next((r[0][2]["config"] for r in scaling.values()), "")
-    quantized_lines = ["| configuration, call | float32 | bfloat16 | bfloat16_all | speedup "
-                       "bfloat16 / bfloat16_all | probe |", "|---|---|---|---|---|---|"]
-    bf16_kernel = ""
+    modes = list(QUANTIZATION_MODES)
+    quantized_lines = ["| configuration, call | float32 | " + " | ".join(modes) +
+                       " | speedup " + " / ".join(modes) + " | probe |",
+                       "|---|---|" + "---|" * len(modes) + "---|---|"]
+    kernels = {}
     for config, by_precision in quantized.items():
-        if "float32" not in by_precision or "bfloat16" not in by_precision:
+        if "float32" not in by_precision:
             continue
         f32, f32_info = by_precision["float32"]
         columns, speedups, probes = [], [], [f"{f32_info['handoff_us']:.2f}"]
-        for precision in ("bfloat16", "bfloat16_all"):
+        for precision in modes:
             median, info = by_precision.get(precision, (None, None))
             if median is None:
                 columns.append("n/a")
                 speedups.append("n/a")
                 continue
-            bf16_kernel = info.get("bf16_kernel") or bf16_kernel
+            for name in ("bf16_kernel", "int8_kernel"):
+                kernels[name] = info.get(name) or kernels.get(name)
             columns.append(f"{info['per_step_us']:.2f} us/step")
             speedups.append(f"{f32 / median:.2f}x")
             probes.append(f"{info['handoff_us']:.2f}")
         quantized_lines.append(
             f"| {config} | {f32_info['per_step_us']:.2f} us/step | {' | '.join(columns)} | "
             f"{' / '.join(speedups)} | {' / '.join(probes)} |")
+    bf16_kernel = kernels.get("bf16_kernel") or "the kernel cgru info names"
+    int8_kernel = kernels.get("int8_kernel") or "the kernel cgru info names"
     memory = "\n".join(training_memory_lines())
     sys.path.insert(0, HERE)
     import contention
@@ -359,16 +365,16 @@ Regenerate with `python bench/report.py` (it runs `pytest bench` and rewrites th
 
 {table}
 
-## Reduced precision: quantize("bfloat16"), quantize("bfloat16_all")
+## Reduced precision: quantize("bfloat16"), quantize("bfloat16_all"), quantize("int8")
 
-The same GRU (cgru.GRU(32, H, seed=0)) in float32, after `quantize("bfloat16")` (W_hh) and
-after `quantize("bfloat16_all")` (W_ih too), side by side in the same run: step() is one call
-per time step from Python, "whole sequence" one call. The bfloat16 W_hh were multiplied with
-{bf16_kernel or "the kernel cgru info names"}, and step()'s bfloat16 W_ih widened to float32 in
-registers (the inputs are not rounded); a whole sequence multiplies all its inputs by W_ih's
-rounded values in one BLAS call. Each bfloat16 run was checked against float32 first (final
-state within 1e-2). Every batch size runs on the same bfloat16 kernel (a row's result never
-depends on its batch).
+The same GRU (cgru.GRU(32, H, seed=0)) in float32 and after each `quantize()` mode, side by side
+in the same run: step() is one call per time step from Python, "whole sequence" one call.
+"bfloat16" rounds W_hh, "bfloat16_all" W_ih too, "int8" stores W_hh in int8 with a scale per
+unit and quantizes the state to 8 bits at each step. The bfloat16 W_hh were multiplied with
+{bf16_kernel}, the int8 W_hh with {int8_kernel}; step()'s bfloat16 W_ih widened to float32 in
+registers (the inputs are not rounded), and a whole sequence multiplies all its inputs by W_ih
+in one BLAS call. Each quantized run was checked against float32 first (final state within
+1e-2). Every batch size runs on the same kernel (a row's result never depends on its batch).
 
 {chr(10).join(quantized_lines)}
 

@@ -19,6 +19,7 @@ import scipy.linalg.blas
 
 from cgru import _blas_kernel as blas_kernel
 import cgru
+from cgru.quantization import QUANTIZATION_MODES
 from peers import THREADS, Cgru, available_peers, check_against_cgru, installed, problem
 
 # (T, B, I, H, layers, bidirectional)
@@ -228,18 +229,17 @@ def test_streaming(benchmark, implementation, sgemm_gflops):
                                 blas_kernel=blas_architecture())
 
 
-# quantize("bfloat16") and quantize("bfloat16_all") against float32, same weights: (T, B, H) with
-# I = 32; streaming and small batches (what bfloat16 weights are for) and a large batch for the
-# record
+# each quantize() mode against float32, same weights: (T, B, H) with I = 32; streaming and small
+# batches (what reduced-precision weights are for) and a large batch for the record
 QUANTIZED_SHAPES = [(1000, 1, 128), (1000, 1, 512), (200, 8, 128), (200, 8, 512), (50, 128, 512)]
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bfloat16_all"])
+@pytest.mark.parametrize("precision", ["float32", *QUANTIZATION_MODES])
 @pytest.mark.parametrize("call", ["step()", "whole sequence"])
 @pytest.mark.parametrize("shape", QUANTIZED_SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
 def test_quantized(benchmark, shape, call, precision, sgemm_gflops):
     """cgru.GRU(seed=0) in float32 and after quantize(precision), one call per step from Python
-    (step()) or one call for the sequence; the bfloat16 final state is checked against float32's
+    (step()) or one call for the sequence; the quantized final state is checked against float32's
     first (within the accuracy contract, 1e-2)."""
     T, B, H = shape
     _, x = problem(T, B, STREAM_I, H)
@@ -272,7 +272,8 @@ def test_quantized(benchmark, shape, call, precision, sgemm_gflops):
                                 per_step_us=benchmark.stats.stats.median / T * 1e6,
                                 gflops=gflops, sgemm_gflops=sgemm_gflops, threads=THREADS,
                                 handoff_us=handoff_us, blas_kernel=blas_architecture(),
-                                bf16_kernel=cgru.info()["bfloat16_product"])
+                                bf16_kernel=cgru.info()["bfloat16_product"],
+                                int8_kernel=cgru.info()["int8_product"])
 
 
 SCALING_CONFIG = (50, 128, 512, 512, 1, False)
