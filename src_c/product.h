@@ -28,8 +28,10 @@
  *           (cgru_input_product_choose).
  *   STRIPS_INT8  W_hh in int8 strips with a scale per output unit (a GRU quantized with mode
  *           "int8"), times the state quantized to 8 bits per row and step: a quarter of
- *           float32's bytes, and with AVX512_VNNI one instruction per 64 products. Its layout,
- *           numbers and kernels: strips_int8.h. The only kernel for int8 W_hh.
+ *           float32's bytes, and with AVX512_VNNI one instruction per 64 products. Its layout
+ *           and numbers: strips_int8.h. The only kernel for int8 W_hh.
+ * The kernels are compiled once, in product.c; this header is what the time loops see: the
+ * choice, the weights' layouts, and cgru_product (product_impl.h).
  *
  * bfloat16 strips: the layout a quantized GRU keeps W_hh (and with "bfloat16_all", W_ih) in
  * (cgru.GRU.quantize makes it), read by both the sequence loop and step() without packing. For
