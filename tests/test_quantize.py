@@ -33,13 +33,9 @@ from cgru import _engine, cli, forecast, layers
 from cgru.quantization import (QUANTIZATION_MODES, from_bfloat16_bits, from_int8, to_bfloat16_bits,
                                to_int8)
 from cgru.interop import export_onnx, to_keras, to_torch
+from step_oracle import (RH_MARGIN, assert_step_matches, check_layer_step_by_step,
+                         check_step_layer_by_layer, cpu_has, layer_weights)
 
-# A one-step comparison with the emulation allows float32 rounding of the engine's sums and its
-# float32 activations; nothing of bfloat16's size (a relative 2**-9) fits in it.
-STEP_ATOL = 2e-5
-# How far the engine's r * h (reset_after=False) can be from the emulation's before bfloat16
-# rounding: its sigmoid is within 2.5e-7 of exact (test_equations bounds it), its sums float32. Where a rounding tie lies this close, either neighbour is right (see emulated_step).
-RH_MARGIN = 1e-6
 # The modes whose numbers the bfloat16 oracle below gives
 BFLOAT16_MODES = ["bfloat16", "bfloat16_all"]
 
@@ -98,45 +94,6 @@ def emulated_step(x, h, w_ih, w_hh, b_ih, b_hh, reset_after):
     return (1.0 - z) * n + z * h, slack
 
 
-def assert_step_matches(actual, expected, slack, what):
-    error = np.abs(actual.astype(np.float64) - expected)
-    assert np.all(error <= STEP_ATOL + slack), (
-        f"{what}: off the emulation by up to {error.max():.3g} (allowed {STEP_ATOL} plus tie "
-        f"slack up to {slack.max():.3g})")
-
-
-def layer_weights(params, layer, direction):
-    suffix = f"_l{layer}" + ("_reverse" if direction else "")
-    return [params[kind + suffix] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-
-
-def check_layer_step_by_step(x, y, h0, h_n, params, layer, D, reset_after, lengths, what):
-    """Every step of one layer (both directions) of an engine forward against emulated_step,
-    each starting from the state the engine output before it (teacher forcing: an error shows
-    at the step that makes it, and ties rounded either way cannot compound). Steps past a
-    sequence's length output zeros; h_n is each sequence's last valid state."""
-    T, B, _ = x.shape
-    H = h0.shape[-1]
-    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    rows = np.arange(B)
-    for d in range(D):
-        y_d = y[:, :, d * H:(d + 1) * H]
-        weights = layer_weights(params, layer, d)
-        for t in range(T):
-            if d == 0:
-                prev = y_d[t - 1] if t > 0 else h0[d]
-            else:  # the reverse direction starts at each sequence's own last step
-                after = y_d[t + 1] if t + 1 < T else np.zeros_like(h0[d])
-                prev = np.where((t + 1 < lengths)[:, None], after, h0[d])
-            active = t < lengths
-            expected, slack = emulated_step(x[t], prev, *weights, reset_after)
-            assert_step_matches(y_d[t][active], expected[active], slack[active],
-                                f"{what}, layer {layer}, direction {d}, t={t}")
-            assert np.all(y_d[t][~active] == 0), f"{what}: a padded step output non-zero"
-        last = np.zeros(B, int) if d == 1 else lengths - 1
-        np.testing.assert_array_equal(h_n[d], y_d[last, rows], err_msg=f"{what}: h_n")
-
-
 def quantized_copy(gru, mode="bfloat16"):
     return copy.deepcopy(gru).quantize(mode)
 
@@ -149,15 +106,6 @@ def oracle_weights(before, mode):
         return before
     return {k: bfloat16_value(v).astype(np.float32) if k.startswith("weight_ih") else v
             for k, v in before.items()}
-
-
-def cpu_has_avx512_bf16():
-    """Whether Linux lists AVX512_BF16 among the CPU's flags (False where it cannot tell)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in f)
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -194,16 +142,16 @@ def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(mode, reset_aft
     y, h_n = gru(x, h0, lengths=lengths)
     what = f"B={B}, H={H}, {threads} thread(s)"
     if num_layers == 1:
-        check_layer_step_by_step(x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
+        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
         return
     # the lower layer's outputs, from a one-layer GRU with its weights, feed the top layer's check
     lower = cgru.GRU(I, H, bidirectional=bidirectional, reset_after=reset_after)
     lower.load_state_dict({k: v for k, v in before.items() if "_l0" in k})
     lower.quantize(mode)
     y0, h_n0 = lower(x, h0[:D], lengths=lengths)
-    check_layer_step_by_step(x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
     np.testing.assert_allclose(h_n[:D], h_n0, rtol=0, atol=1e-6, err_msg=f"{what}: layer 0")
-    check_layer_step_by_step(y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -219,7 +167,7 @@ def test_a_hidden_size_beyond_one_chunk_of_the_state_sums_its_chunks(reset_after
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.uniform(-1, 1, (1, B, H)).astype(np.float32)
     y, h_n = gru(x, h0)
-    check_layer_step_by_step(x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
+    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -238,13 +186,7 @@ def test_a_quantized_step_is_the_bfloat16_gru_step(mode, reset_after, num_layers
     gru.quantize(mode)
     x = rng.standard_normal((B, 5)).astype(np.float32)
     h = rng.uniform(-1, 1, (num_layers, B, H)).astype(np.float32)
-    new = gru.step(x, h)
-    layer_input = x
-    for layer in range(num_layers):
-        expected, slack = emulated_step(layer_input, h[layer], *layer_weights(before, layer, 0),
-                                        reset_after)
-        assert_step_matches(new[layer], expected, slack, f"layer {layer}")
-        layer_input = new[layer]
+    check_step_layer_by_layer(emulated_step, gru.step(x, h), x, h, before, reset_after)
 
 
 @pytest.mark.parametrize("I", [37, 601])
@@ -378,7 +320,7 @@ def test_the_avx512_bf16_and_the_widening_kernels_give_the_same_outputs(bf16_dot
             if dot == 0:
                 assert "widened" in _engine.bf16_kernel()
                 assert ("64-byte" if tiles else "32-byte") in _engine.bf16_kernel()
-            elif cpu_has_avx512_bf16():
+            elif cpu_has("avx512_bf16"):
                 assert "AVX512_BF16" in _engine.bf16_kernel()
             results[dot, tiles] = [gru(x[:, :1])[0], gru(x[:, :3])[0], gru(x)[0],
                                    bi(x, lengths=np.arange(1, 10))[0],

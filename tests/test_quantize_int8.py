@@ -23,14 +23,10 @@ import pytest
 import cgru
 from cgru import _engine
 from cgru.quantization import from_int8, to_int8
+from step_oracle import (RH_MARGIN, check_layer_step_by_step, check_step_layer_by_layer,
+                         cpu_has)
 
 F32 = np.float32
-# A one-step comparison with the emulation allows float32 rounding of the gates and their
-# activations: the product itself is emulated bit for bit.
-STEP_ATOL = 2e-5
-# How far the engine's r * h (reset_after=False, float32) can be from the emulation's float64
-# one before it is quantized (as test_quantize.RH_MARGIN)
-RH_MARGIN = 1e-6
 
 
 # ---- the oracle -------------------------------------------------------------------------------
@@ -93,56 +89,11 @@ def emulated_step(x, h, w_ih, w_hh, b_ih, b_hh, reset_after):
     return (1.0 - z) * n + z * h.astype(np.float64), slack
 
 
-def assert_step_matches(actual, expected, slack, what):
-    error = np.abs(actual.astype(np.float64) - expected)
-    assert np.all(error <= STEP_ATOL + slack), (
-        f"{what}: off the emulation by up to {error.max():.3g} (allowed {STEP_ATOL} plus "
-        f"rounding slack up to {slack.max():.3g})")
-
-
-def layer_weights(params, layer, direction):
-    suffix = f"_l{layer}" + ("_reverse" if direction else "")
-    return [params[kind + suffix] for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-
-
-def check_layer_step_by_step(x, y, h0, h_n, params, layer, D, reset_after, lengths, what):
-    """Every step of one layer (both directions) against emulated_step, each from the state the
-    engine output before it; padded steps output zeros; h_n is each sequence's last state."""
-    T, B, _ = x.shape
-    H = h0.shape[-1]
-    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    rows = np.arange(B)
-    for d in range(D):
-        y_d = y[:, :, d * H:(d + 1) * H]
-        weights = layer_weights(params, layer, d)
-        for t in range(T):
-            if d == 0:
-                prev = y_d[t - 1] if t > 0 else h0[d]
-            else:
-                after = y_d[t + 1] if t + 1 < T else np.zeros_like(h0[d])
-                prev = np.where((t + 1 < lengths)[:, None], after, h0[d])
-            active = t < lengths
-            expected, slack = emulated_step(x[t], prev, *weights, reset_after)
-            assert_step_matches(y_d[t][active], expected[active], slack[active],
-                                f"{what}, layer {layer}, direction {d}, t={t}")
-            assert np.all(y_d[t][~active] == 0), f"{what}: a padded step output non-zero"
-        last = np.zeros(B, int) if d == 1 else lengths - 1
-        np.testing.assert_array_equal(h_n[d], y_d[last, rows], err_msg=f"{what}: h_n")
-
-
 @pytest.fixture
 def int8_dot_mode():
     """_engine.set_int8_dot_mode, always back to following the CPU (-1) afterwards."""
     yield _engine.set_int8_dot_mode
     _engine.set_int8_dot_mode(-1)
-
-
-def cpu_has_avx512_vnni():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "avx512_vnni" in line.split() for line in f)
-    except OSError:
-        return False
 
 
 # ---- the weights ------------------------------------------------------------------------------
@@ -226,15 +177,15 @@ def test_the_int8_forward_is_the_emulated_int8_gru_at_every_step(reset_after, nu
     y, h_n = gru(x, h0, lengths=lengths)
     what = f"B={B}, H={H}, {threads} thread(s)"
     if num_layers == 1:
-        check_layer_step_by_step(x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
+        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
         return
     lower = cgru.GRU(I, H, bidirectional=bidirectional, reset_after=reset_after)
     lower.load_state_dict({k: v for k, v in before.items() if "_l0" in k})
     lower.quantize("int8")
     y0, h_n0 = lower(x, h0[:D], lengths=lengths)
     np.testing.assert_array_equal(h_n[:D], h_n0, err_msg=f"{what}: layer 0")
-    check_layer_step_by_step(x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
-    check_layer_step_by_step(y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -250,7 +201,7 @@ def test_a_hidden_size_beyond_one_chunk_of_quads_sums_its_chunks(reset_after):
     x = rng.standard_normal((T, B, I)).astype(F32)
     h0 = rng.uniform(-1, 1, (1, B, H)).astype(F32)
     y, h_n = gru(x, h0)
-    check_layer_step_by_step(x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
+    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -266,13 +217,7 @@ def test_an_int8_step_is_the_emulated_int8_gru_step(reset_after, num_layers, B, 
     gru.quantize("int8")
     x = rng.standard_normal((B, 5)).astype(F32)
     h = rng.uniform(-1, 1, (num_layers, B, H)).astype(F32)
-    new = gru.step(x, h)
-    layer_input = x
-    for layer in range(num_layers):
-        expected, slack = emulated_step(layer_input, h[layer], *layer_weights(before, layer, 0),
-                                        reset_after)
-        assert_step_matches(new[layer], expected, slack, f"layer {layer}")
-        layer_input = new[layer]
+    check_step_layer_by_layer(emulated_step, gru.step(x, h), x, h, before, reset_after)
 
 
 @pytest.mark.parametrize("H", [20, 149])
@@ -296,7 +241,7 @@ def test_results_are_the_same_bits_on_either_kernel_any_batch_and_any_thread_cou
         int8_dot_mode(dot)
         if dot == 0:
             assert "32-bit lanes" in _engine.int8_kernel()
-        elif cpu_has_avx512_vnni():
+        elif cpu_has("avx512_vnni"):
             assert "AVX512_VNNI" in _engine.int8_kernel()
         for threads in (1, 2):
             cgru.set_num_threads(threads)
