@@ -569,19 +569,20 @@ class GRU:
         if missing or unexpected:
             raise KeyError(f"params must hold exactly this GRU's parameters: missing {missing}, "
                            f"unexpected {unexpected}")
-        checked = {}
-        for k, shape in self._shapes.items():
-            v = self.params[k]
-            if not isinstance(v, np.ndarray) or v.dtype != self.dtype or not v.flags.c_contiguous:
-                raise TypeError(f"params['{k}'] must be a C-contiguous {self.dtype} array; "
-                                f"got {type(v).__name__} {getattr(v, 'dtype', '')}")
-            if v.shape != shape:
-                raise ValueError(f"params['{k}'] must have shape {shape}, got {v.shape}")
-            checked[k] = v if v.flags.aligned else _aligned(v)
+        checked = {k: self._checked_param(k, self.params[k]) for k in self._shapes}
         if self._strips is not None:
             self._refresh_quantized(checked=True)
             checked.update((k, self.params[k]) for k in self._strips)
         return checked
+
+    def _checked_param(self, k, v):
+        """Parameter k's array v as the engine needs it (an aligned copy of a misaligned one)."""
+        if not isinstance(v, np.ndarray) or v.dtype != self.dtype or not v.flags.c_contiguous:
+            raise TypeError(f"params['{k}'] must be a C-contiguous {self.dtype} array; "
+                            f"got {type(v).__name__} {getattr(v, 'dtype', '')}")
+        if v.shape != self._shapes[k]:
+            raise ValueError(f"params['{k}'] must have shape {self._shapes[k]}, got {v.shape}")
+        return v if v.flags.aligned else _aligned(v)
 
     def _checked_grads(self):
         for k, shape in self._shapes.items():
@@ -925,10 +926,26 @@ class GRU:
         # reads as few attributes as it can: each costs tens of nanoseconds)
         strips = self._strips
         new_h = _engine.gru_step(self.params, x_t, h, out, layout, strips, self._quantized_of)
-        while new_h is None:  # a quantized weight replaced since it was quantized (by now, again)
+        if new_h is None:  # a quantized weight replaced since it was quantized: quantize it
             self._refresh_quantized()
             new_h = _engine.gru_step(self.params, x_t, h, out, layout, strips, self._quantized_of)
+            if new_h is None:  # replaced again, by another thread, before the step could run
+                new_h = self._step_on_snapshot(x_t, h, out, layout)
         return new_h
+
+    def _step_on_snapshot(self, x_t, h, out, layout):
+        """step() on the parameters as params holds them now, each quantized weight replaced
+        since it was quantized quantized into a private copy: for a step whose weights another
+        thread replaces faster than they can be quantized in place (retrying could go on for as
+        long as that thread does). Nothing of the GRU's own changes."""
+        params, strips, made_from = dict(self.params), dict(self._strips), dict(self._quantized_of)
+        for name, value in made_from.items():
+            if params.get(name) is not value:
+                fresh, fresh_strips = quantized(self._checked_param(name, params.get(name)),
+                                                format_of(strips[name]), name)
+                params[name] = made_from[name] = _aligned(fresh)
+                strips[name] = _aligned(fresh_strips)
+        return _engine.gru_step(params, x_t, h, out, layout, strips, made_from)
 
     def _zero_state(self, x_t):
         """step()'s zero state for x_t: (num_layers, B, hidden_size), or (num_layers,

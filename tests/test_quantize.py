@@ -604,6 +604,37 @@ def test_with_bfloat16_all_a_new_input_weight_takes_effect_rounded_to_bfloat16(f
     assert not gru.weight_ih_l0.flags.writeable
 
 
+@pytest.mark.parametrize("mode", QUANTIZATION_MODES)
+def test_a_step_whose_weight_is_replaced_again_while_it_is_quantized_still_runs_once(mode):
+    """As when another thread assigns W_hh in a tight loop: the weight step() quantized is
+    replaced again before the step can run on it. The step runs, on the newest weight quantized
+    into a private copy (no retrying for as long as the other thread goes on), and leaves the
+    GRU's params as that thread left them."""
+    rng = np.random.default_rng(4)
+    w = rng.uniform(-0.3, 0.3, (3 * 20, 20)).astype(np.float32)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    h = rng.uniform(-1, 1, (1, 2, 20)).astype(np.float32)
+    gru = cgru.GRU(4, 20, seed=1).eval().quantize(mode)
+    expected = cgru.GRU(4, 20, seed=1).eval()
+    expected.weight_hh_l0 = w
+    expected = expected.quantize(mode).step(x, h)
+    refreshes = []
+
+    def quantize_then_replace_again(checked=False):
+        refreshes.append(checked)
+        assert len(refreshes) < 10, "step() kept quantizing a weight that kept changing"
+        type(gru)._refresh_quantized(gru, checked)
+        gru.params["weight_hh_l0"] = w.copy()
+
+    gru.params["weight_hh_l0"] = w.copy()
+    gru._refresh_quantized = quantize_then_replace_again
+    np.testing.assert_array_equal(gru.step(x, h), expected)
+    assert refreshes and gru.params["weight_hh_l0"].flags.writeable  # the other thread's array
+    del gru._refresh_quantized
+    np.testing.assert_array_equal(gru.step(x, h), expected)
+    assert not gru.params["weight_hh_l0"].flags.writeable  # quantized in place, as usual
+
+
 def test_input_weights_and_biases_of_a_quantized_gru_stay_float32_when_assigned():
     gru = cgru.GRU(4, 20, seed=1).quantize("bfloat16")
     w = np.full((60, 4), 0.1234567, np.float32)
