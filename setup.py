@@ -34,8 +34,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["src_c/activations.c", "src_c/blas.c", "src_c/layer.c", "src_c/product.c",
-             "src_c/step.c", "src_c/threads.c"]
+C_SOURCES = ["src_c/activations.c", "src_c/blas.c", "src_c/gates.c", "src_c/layer.c",
+             "src_c/product.c", "src_c/step.c", "src_c/threads.c"]
 # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which stops GCC from vectorising the
 # kernels' index arithmetic (measured: 5x slower step()). -fno-trapping-math lets GCC turn the
 # gate kernels' clamps and selects into blends without AVX-512's masks: with trapping math their

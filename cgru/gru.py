@@ -934,11 +934,13 @@ class GRU:
         return new_h
 
     def _step_on_snapshot(self, x_t, h, out, layout):
-        """step() on the parameters as params holds them now, each quantized weight replaced
-        since it was quantized quantized into a private copy: for a step whose weights another
-        thread replaces faster than they can be quantized in place (retrying could go on for as
-        long as that thread does). Nothing of the GRU's own changes."""
-        params, strips, made_from = dict(self.params), dict(self._strips), dict(self._quantized_of)
+        """step() on the parameters as params holds them now; a weight replaced since it was
+        quantized is quantized into a private copy. For a step whose weights another thread
+        replaces faster than they can be quantized in place (retrying could go on for as long as
+        that thread does). Nothing of the GRU's own changes."""
+        with _rounding_lock:  # strips and the values they were made from, of one moment
+            params, strips = dict(self.params), dict(self._strips)
+            made_from = dict(self._quantized_of)
         for name, value in made_from.items():
             if params.get(name) is not value:
                 fresh, fresh_strips = quantized(self._checked_param(name, params.get(name)),

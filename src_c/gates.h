@@ -10,6 +10,8 @@
  *   bias (3H)       added to gx by the kernels: b_ih (+ b_hh for r and z; + b_hn too when
  *                   reset_after=0); zeros for a GRU without bias.
  *   gh (B, 3*hs)    this thread's block of h W_hh^T, hs = j1 - j0, laid out [r|z|n].
+ * The kernels are compiled once, in gates.c (their code: gates_kernels_impl.h); this header
+ * declares them (gates_impl.h) and holds the activation functions they inline.
  */
 #ifndef CGRU_GATES_H
 #define CGRU_GATES_H

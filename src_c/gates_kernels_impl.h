@@ -1,4 +1,4 @@
-/* Typed body of gates.h, included once per dtype (see real_begin.h). */
+/* Typed kernels of gates.h, compiled once per dtype in gates.c (see real_begin.h). */
 #include "real_begin.h"
 
 #if CGRU_DOUBLE
@@ -20,11 +20,10 @@
  * h_prev (B, H).
  * keep: write [r|z|n] over gx and hn into hn_keep (B, H), for backward.
  */
-CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, REAL *gx,
-                                               const REAL *bias, REAL *hn_keep, const REAL *gh,
-                                               const REAL *h_prev,
-                                               const REAL *b_hn, const int64_t *lengths, int t,
-                                               int keep, int B, int H, int j0, int j1)
+CGRU_SHARED_KERNEL void FN(gates_forward_reset_after)(
+    REAL *h_new, REAL *y, int ldy, REAL *gx, const REAL *bias, REAL *hn_keep, const REAL *gh,
+    const REAL *h_prev, const REAL *b_hn, const int64_t *lengths, int t, int keep, int B, int H,
+    int j0, int j1)
 {
     int hs = j1 - j0;
     for (int b = 0; b < B; b++) {
@@ -79,8 +78,9 @@ CGRU_KERNEL void FN(gates_forward_reset_after)(REAL *h_new, REAL *y, int ldy, RE
  * r and z overwrite their pre-activations in gh (and in gx when keep); rh (B, H) feeds the
  * second GEMM, rh W_hn^T.
  */
-CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, const REAL *bias, REAL *gh, REAL *rh,
-                                        const REAL *h_prev, int keep, int B, int H, int j0, int j1)
+CGRU_SHARED_KERNEL void FN(gates_forward_rz)(
+    REAL *gx, const REAL *bias, REAL *gh, REAL *rh, const REAL *h_prev, int keep, int B, int H,
+    int j0, int j1)
 {
     int hs = j1 - j0;
     for (int b = 0; b < B; b++) {
@@ -110,10 +110,9 @@ CGRU_KERNEL void FN(gates_forward_rz)(REAL *gx, const REAL *bias, REAL *gh, REAL
  * reset_after=0, second half: n = tanh(gx_n + bias_n + gh_n), h_new = n + z (h_prev - n), gh_n the
  * thread's block of rh W_hn^T and z from the first half. keep: n overwrites gx_n. y (B, ldy).
  */
-CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx,
-                                       const REAL *bias, const REAL *gh,
-                                       const REAL *h_prev, const int64_t *lengths, int t, int keep,
-                                       int B, int H, int j0, int j1)
+CGRU_SHARED_KERNEL void FN(gates_forward_n)(
+    REAL *h_new, REAL *y, int ldy, REAL *gx, const REAL *bias, const REAL *gh, const REAL *h_prev,
+    const int64_t *lengths, int t, int keep, int B, int H, int j0, int j1)
 {
     int hs = j1 - j0;
     for (int b = 0; b < B; b++) {
@@ -164,10 +163,9 @@ CGRU_KERNEL void FN(gates_forward_n)(REAL *h_new, REAL *y, int ldy, REAL *gx,
  * gates (B, 3H): in [r|z|n], out [da_r|da_z|dhn]; extra (B, H): in hn, out da_n.
  * dh_prev (B, H) gets dh z (or dh for finished sequences); dy (B, ldy).
  */
-CGRU_KERNEL void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, REAL *extra,
-                                                  const REAL *dh_next, const REAL *dy, int ldy,
-                                                  const REAL *h_prev, const int64_t *lengths, int t,
-                                                  int B, int H, int j0, int j1)
+CGRU_SHARED_KERNEL void FN(gates_backward_reset_after)(
+    REAL *dh_prev, REAL *gates, REAL *extra, const REAL *dh_next, const REAL *dy, int ldy,
+    const REAL *h_prev, const int64_t *lengths, int t, int B, int H, int j0, int j1)
 {
     for (int b = 0; b < B; b++) {
         REAL *restrict dhp = dh_prev + (long)b * H;
@@ -206,10 +204,9 @@ CGRU_KERNEL void FN(gates_backward_reset_after)(REAL *dh_prev, REAL *gates, REAL
  * dh_prev (B, H) gets dh z (or dh for finished sequences).
  * Between the halves a GEMM forms drh = da_n W_hn, the gradient of r * h_prev.
  */
-CGRU_KERNEL void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL *dh_next,
-                                         const REAL *dy, int ldy, const REAL *h_prev,
-                                         const int64_t *lengths, int t, int B, int H, int j0,
-                                         int j1)
+CGRU_SHARED_KERNEL void FN(gates_backward_zn)(
+    REAL *dh_prev, REAL *gates, const REAL *dh_next, const REAL *dy, int ldy, const REAL *h_prev,
+    const int64_t *lengths, int t, int B, int H, int j0, int j1)
 {
     for (int b = 0; b < B; b++) {
         REAL *restrict dhp = dh_prev + (long)b * H;
@@ -240,9 +237,9 @@ CGRU_KERNEL void FN(gates_backward_zn)(REAL *dh_prev, REAL *gates, const REAL *d
  *   da_r = drh h_prev r (1 - r)       dh_prev += drh r
  * gates (B, 3H): r becomes da_r (0 for finished sequences, whose drh is 0 already).
  */
-CGRU_KERNEL void FN(gates_backward_r)(REAL *dh_prev, REAL *gates, const REAL *drh,
-                                        const REAL *h_prev, const int64_t *lengths, int t, int B,
-                                        int H, int j0, int j1)
+CGRU_SHARED_KERNEL void FN(gates_backward_r)(
+    REAL *dh_prev, REAL *gates, const REAL *drh, const REAL *h_prev, const int64_t *lengths, int t,
+    int B, int H, int j0, int j1)
 {
     for (int b = 0; b < B; b++) {
         REAL *restrict gr = gates + (long)b * 3 * H;

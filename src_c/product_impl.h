@@ -39,7 +39,8 @@ static inline FN(cgru_operand) FN(strips_operand)(const void *wq, cgru_weights f
 
 /* C (M, N), rows ldc apart, = A (M, K), rows lda apart, times op(W) with the given kernel;
  * += with accumulate. */
-void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc, const REAL *A, int lda,
-                      FN(cgru_operand) W, int M, int N, int K, int accumulate);
+CGRU_INTERNAL void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc, const REAL *A,
+                                    int lda, FN(cgru_operand) W, int M, int N, int K,
+                                    int accumulate);
 
 #include "real_end.h"

@@ -594,8 +594,9 @@ static inline void strips_bf16(float *C, int ldc, const float *A, int lda, const
 #endif
 
 /* C (M, N), rows ldc apart, = A (M, K), rows lda apart, times op(W); += with accumulate. */
-void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc, const REAL *A, int lda,
-                      FN(cgru_operand) W, int M, int N, int K, int accumulate)
+CGRU_INTERNAL void FN(cgru_product)(cgru_product_kernel kernel, REAL *C, int ldc, const REAL *A,
+                                    int lda, FN(cgru_operand) W, int M, int N, int K,
+                                    int accumulate)
 {
     if (kernel == CGRU_PRODUCT_PANELS) {
         FN(panels_matmul)(C, ldc, A, lda, W.w, M, N, K, accumulate);

@@ -14,13 +14,24 @@
  * target_clones needs GCC 12 for the x86-64-v3/v4 levels and glibc for its ifunc resolver (musl
  * has none); cgru_kernel_isa() (layer.c) says which clone the resolver picked.
  */
+/* CGRU_INTERNAL: a function one file of the engine defines and others call (declared in a
+ * header), kept out of the extension's exported symbols. */
+#if defined(__GNUC__)
+#define CGRU_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define CGRU_INTERNAL
+#endif
+/* CGRU_KERNEL: a kernel its own file calls; CGRU_SHARED_KERNEL: one that other files call too
+ * (the gate kernels, gates.c). */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
     defined(__linux__) && defined(__GLIBC__) && !defined(CGRU_NO_MULTIVERSION)
 #define CGRU_MULTIVERSION 1
-#define CGRU_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static
+#define CGRU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define CGRU_KERNEL static
+#define CGRU_CLONES
 #endif
+#define CGRU_KERNEL CGRU_CLONES static
+#define CGRU_SHARED_KERNEL CGRU_CLONES CGRU_INTERNAL
 
 /* One 64-byte vector (an AVX-512 register) of each dtype, as GCC vector extensions; loads and
  * stores through them need only the element's alignment. On CPUs without AVX-512 the compiler
