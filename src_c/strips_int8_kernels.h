@@ -113,18 +113,19 @@ static inline __attribute__((always_inline)) void int8_tile_lanes(
     int rows, int group, const int8_t *const *strip, const uint32_t *quads, int words, int chunk,
     cgru_lanes_i32 sums[INT8_TILE_ROWS][INT8_GROUP_ONE])
 {
-    cgru_lanes_i32 acc[INT8_TILE_ROWS][INT8_GROUP_ONE];
+    typedef int32_t lanes __attribute__((vector_size(64)));  /* not may_alias: see the VNNI tile */
+    lanes acc[INT8_TILE_ROWS][INT8_GROUP_ONE];
     for (int i = 0; i < rows; i++)
-        for (int g = 0; g < group; g++) acc[i][g] = sums[i][g];
+        for (int g = 0; g < group; g++) acc[i][g] = (lanes){0};
     for (int c = 0; c < chunk; c++) {
         int32_t u[INT8_TILE_ROWS][4];
         for (int i = 0; i < rows; i++)
             for (int e = 0; e < 4; e++) u[i][e] = (quads[i * words + c] >> (8 * e)) & 0xff;
         for (int g = 0; g < group; g++) {
-            cgru_lanes_i32 w;
+            lanes w;
             memcpy(&w, strip[g] + 64L * c, sizeof w);
             for (int e = 0; e < 4; e++) {
-                const cgru_lanes_i32 w_e = (w << (24 - 8 * e)) >> 24;
+                const lanes w_e = (w << (24 - 8 * e)) >> 24;
                 for (int i = 0; i < rows; i++) acc[i][g] += w_e * u[i][e];
             }
         }
@@ -153,7 +154,7 @@ static inline __attribute__((always_inline)) void int8_tile_lanes(
 /*
  * The loops both kernels share: row tiles (each row's scale found over all of K first), groups
  * of strips (strip[g] the group's g-th strip, col[g] and cols[g] its columns of C), chunks of
- * quads, the integer sums carried from one chunk to the next. A's quads are made once per tile
+ * quads, each chunk's integer sums added to the earlier ones'. A's quads are made once per tile
  * when K fits one chunk, else once per chunk and group. Gate runs as the bfloat16 kernels
  * (product_kernels_impl.h): C's columns in runs of gate_cols, each run's strips gate_stride
  * bytes after the previous run's.
@@ -183,9 +184,8 @@ static inline __attribute__((always_inline)) void int8_tile_lanes(
                 col[g] = r * run + 16 * i;                                                     \
                 cols[g] = left < 16 ? left : 16;                                               \
             }                                                                                  \
-            cgru_lanes_i32 sums[INT8_TILE_ROWS][INT8_GROUP_ONE];                               \
-            for (int i = 0; i < rows; i++)                                                     \
-                for (int g = 0; g < group; g++) sums[i][g] = (cgru_lanes_i32){0};              \
+            cgru_lanes_i32 sums[INT8_TILE_ROWS][INT8_GROUP_ONE];  /* of one chunk */             \
+            cgru_lanes_i32 total[INT8_TILE_ROWS][INT8_GROUP_ONE]; /* of every chunk so far */    \
             for (int c0 = 0; c0 < n_quads; c0 += INT8_CHUNK_QUADS) {                           \
                 const int chunk = n_quads - c0 < INT8_CHUNK_QUADS ? n_quads - c0 : INT8_CHUNK_QUADS; \
                 if (!one_chunk)                                                                \
@@ -196,8 +196,14 @@ static inline __attribute__((always_inline)) void int8_tile_lanes(
                     INT8_CASES_12(TILE, 1) INT8_CASES_8(TILE, 2)                               \
                     INT8_CASES_6(TILE, 3) INT8_CASES_6(TILE, 4)                                \
                 }                                                                              \
+                if (!one_chunk) /* each chunk's sums add to the earlier ones' (exact) */       \
+                    for (int i = 0; i < rows; i++)                                             \
+                        for (int g = 0; g < group; g++)                                        \
+                            if (c0) total[i][g] += sums[i][g];                                 \
+                            else total[i][g] = sums[i][g];                                     \
             }                                                                                  \
-            int8_store(C + (long)m * ldc, ldc, rows, group, head, col, cols, a_scale, sums);   \
+            int8_store(C + (long)m * ldc, ldc, rows, group, head, col, cols, a_scale,          \
+                       one_chunk ? sums : total);                                              \
         }                                                                                      \
     }
 
@@ -218,19 +224,25 @@ static inline __attribute__((always_inline)) CGRU_VNNI_TARGET void int8_tile_vnn
     int rows, int group, const int8_t *const *strip, const uint32_t *quads, int words, int chunk,
     cgru_lanes_i32 sums[INT8_TILE_ROWS][INT8_GROUP_ONE])
 {
-    __m512i acc[INT8_TILE_ROWS][INT8_GROUP_ONE];
+    /* the builtin's own type (32-bit lanes), so that no conversion stands between one sum and
+     * the next: through __m512i (64-bit lanes) GCC kept the sums in memory, with a store and
+     * two register moves per instruction */
+    typedef int32_t lanes __attribute__((vector_size(64)));
+    lanes acc[INT8_TILE_ROWS][INT8_GROUP_ONE];
     for (int i = 0; i < rows; i++)
-        for (int g = 0; g < group; g++) acc[i][g] = (__m512i)sums[i][g];
+        for (int g = 0; g < group; g++) acc[i][g] = (lanes){0};
     for (int c = 0; c < chunk; c++) {
-        __m512i u[INT8_TILE_ROWS];
-        for (int i = 0; i < rows; i++) u[i] = _mm512_set1_epi32((int)quads[i * words + c]);
+        lanes u[INT8_TILE_ROWS];
+        for (int i = 0; i < rows; i++) u[i] = (lanes){0} + (int32_t)quads[i * words + c];
         for (int g = 0; g < group; g++) {
-            const __m512i w = _mm512_loadu_si512(strip[g] + 64L * c);
-            for (int i = 0; i < rows; i++) acc[i][g] = _mm512_dpbusd_epi32(acc[i][g], u[i], w);
+            lanes w;
+            memcpy(&w, strip[g] + 64L * c, sizeof w);
+            for (int i = 0; i < rows; i++)
+                acc[i][g] = __builtin_ia32_vpdpbusd_v16si(acc[i][g], u[i], w);
         }
     }
     for (int i = 0; i < rows; i++)
-        for (int g = 0; g < group; g++) sums[i][g] = (cgru_lanes_i32)acc[i][g];
+        for (int g = 0; g < group; g++) sums[i][g] = acc[i][g];
 }
 
 CGRU_VNNI_TARGET static void strips_int8_vnni(float *C, int ldc, const float *A, int lda,
