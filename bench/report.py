@@ -371,9 +371,10 @@ The same GRU (cgru.GRU(32, H, seed=0)) in float32 and after each `quantize()` mo
 in the same run: step() is one call per time step from Python, "whole sequence" one call.
 "bfloat16" rounds W_hh, "bfloat16_all" W_ih too, "int8" stores W_hh in int8 with a scale per
 unit and quantizes the state to 8 bits at each step. The bfloat16 W_hh were multiplied with
-{bf16_kernel}, the int8 W_hh with {int8_kernel}; step()'s bfloat16 W_ih widened to float32 in
-registers (the inputs are not rounded), and a whole sequence multiplies all its inputs by W_ih
-in one BLAS call. Each quantized run was checked against float32 first (final state within
+{bf16_kernel},
+the int8 W_hh with {int8_kernel}; step()'s bfloat16 W_ih widened to float32 in registers (the
+inputs are not rounded), and a whole sequence multiplies all its inputs by W_ih in one BLAS
+call. Each quantized run was checked against float32 first (final state within
 1e-2). Every batch size runs on the same kernel (a row's result never depends on its batch).
 
 {chr(10).join(quantized_lines)}

@@ -364,9 +364,9 @@ class Model:
     def quantize(self, mode: str) -> None:
         """Store the weights of every GRU layer (Bidirectional ones too) in `mode` ("bfloat16":
         the recurrent weights; "bfloat16_all": the input weights too; "int8": the recurrent
-        weights in int8), in place, as Keras 3's
-        `Model.quantize(mode)`; see `cgru.GRU.quantize`. The model then predicts and evaluates,
-        and refuses to train. Saved models keep it."""
+        weights in int8), in place, as Keras 3's `Model.quantize(mode)`; see
+        `cgru.GRU.quantize`. The model then predicts and evaluates, and refuses to train. Saved
+        models keep it."""
         self._require_built("quantize")
         targets = [layer for layer in self.layers if hasattr(layer, "quantize")]
         if not targets:

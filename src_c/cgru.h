@@ -214,7 +214,7 @@ void cgru_activations_f32(float *sigmoid_out, float *tanh_out, const float *x, l
 void cgru_activations_f64(double *sigmoid_out, double *tanh_out, const double *x, long n);
 
 /* C (M, N) = A (M, K) W^T with W (N, K), N = 3H, in int8 strips (strips_int8.h), as every
- * recurrent product of an int8 GRU computes it (layer.c; for tests). */
+ * recurrent product of an int8 GRU computes it (product.c; for tests). */
 cgru_status cgru_int8_product(float *C, const float *A, const int8_t *w, int M, int H, int K);
 
 #endif /* CGRU_H */

@@ -6,6 +6,8 @@ brings its emulated_step(x, h, w_ih, w_hh, b_ih, b_hh, reset_after) -> (the new 
 float64, how far the engine may be from it beyond float32 rounding)."""
 import numpy as np
 
+import cgru
+
 # A one-step comparison with the emulation allows float32 rounding of the gates and their
 # activations; nothing of a reduced precision's size (bfloat16: a relative 2**-9) fits in it.
 STEP_ATOL = 2e-5
@@ -52,6 +54,18 @@ def check_layer_step_by_step(emulated_step, x, y, h0, h_n, params, layer, D, res
             assert np.all(y_d[t][~active] == 0), f"{what}: a padded step output non-zero"
         last = np.zeros(B, int) if d == 1 else lengths - 1
         np.testing.assert_array_equal(h_n[d], y_d[last, rows], err_msg=f"{what}: h_n")
+
+
+def first_layer_alone(params, mode, x, h0, lengths, bidirectional, reset_after):
+    """(outputs, last states) of the first layer of a stack, run on its own: a one-layer GRU
+    with the stack's layer-0 weights from params, quantized in mode, on x from h0 (the layer's
+    rows of the stack's initial state). Its outputs are what the second layer's check takes."""
+    D = 2 if bidirectional else 1
+    lower = cgru.GRU(x.shape[-1], h0.shape[-1], bidirectional=bidirectional,
+                     reset_after=reset_after)
+    lower.load_state_dict({k: v for k, v in params.items() if "_l0" in k})
+    lower.quantize(mode)
+    return lower(x, h0[:D], lengths=lengths)
 
 
 def check_step_layer_by_layer(emulated_step, new, x, h, params, reset_after):

@@ -34,7 +34,8 @@ from cgru.quantization import (QUANTIZATION_MODES, from_bfloat16_bits, from_int8
                                to_int8)
 from cgru.interop import export_onnx, to_keras, to_torch
 from step_oracle import (RH_MARGIN, assert_step_matches, check_layer_step_by_step,
-                         check_step_layer_by_layer, cpu_has, layer_weights)
+                         check_step_layer_by_layer, cpu_has, first_layer_alone,
+                         layer_weights)
 
 # The modes whose numbers the bfloat16 oracle below gives
 BFLOAT16_MODES = ["bfloat16", "bfloat16_all"]
@@ -142,16 +143,16 @@ def test_the_quantized_forward_is_the_bfloat16_gru_at_every_step(mode, reset_aft
     y, h_n = gru(x, h0, lengths=lengths)
     what = f"B={B}, H={H}, {threads} thread(s)"
     if num_layers == 1:
-        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
+        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths,
+                                 what)
         return
-    # the lower layer's outputs, from a one-layer GRU with its weights, feed the top layer's check
-    lower = cgru.GRU(I, H, bidirectional=bidirectional, reset_after=reset_after)
-    lower.load_state_dict({k: v for k, v in before.items() if "_l0" in k})
-    lower.quantize(mode)
-    y0, h_n0 = lower(x, h0[:D], lengths=lengths)
-    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
+    # the first layer's outputs, from that layer run alone, feed the second layer's check
+    y0, h_n0 = first_layer_alone(before, mode, x, h0, lengths, bidirectional, reset_after)
+    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths,
+                             what)
     np.testing.assert_allclose(h_n[:D], h_n0, rtol=0, atol=1e-6, err_msg=f"{what}: layer 0")
-    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after,
+                             lengths, what)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -167,7 +168,8 @@ def test_a_hidden_size_beyond_one_chunk_of_the_state_sums_its_chunks(reset_after
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0 = rng.uniform(-1, 1, (1, B, H)).astype(np.float32)
     y, h_n = gru(x, h0)
-    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
+    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None,
+                             f"H={H}")
 
 
 @pytest.mark.parametrize("threads", [1, 2])

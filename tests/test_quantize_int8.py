@@ -24,7 +24,7 @@ import cgru
 from cgru import _engine
 from cgru.quantization import from_int8, to_int8
 from step_oracle import (RH_MARGIN, check_layer_step_by_step, check_step_layer_by_layer,
-                         cpu_has)
+                         cpu_has, first_layer_alone)
 
 F32 = np.float32
 
@@ -82,7 +82,8 @@ def emulated_step(x, h, w_ih, w_hh, b_ih, b_hh, reset_after):
         u, scale = operand_of(rh)
         top = 127 * scale.astype(np.float64)[:, None]
         v = rh * (127 / np.where(top > 0, top, 1))
-        reach = 127 * RH_MARGIN / np.where(top > 0, top, 1) * (1 + np.abs(rh) / np.maximum(top, 1e-30))
+        reach = (127 * RH_MARGIN / np.where(top > 0, top, 1)
+                 * (1 + np.abs(rh) / np.maximum(top, 1e-30)))
         ambiguous = np.rint(v - reach) != np.rint(v + reach)
         slack = (ambiguous * scale[:, None]) @ (np.abs(q[2 * H:]) * s[2 * H:, None]).T
         n = np.tanh(gi[:, 2 * H:] + int8_product(rh, q[2 * H:], s[2 * H:]) + b_hh[2 * H:])
@@ -177,15 +178,16 @@ def test_the_int8_forward_is_the_emulated_int8_gru_at_every_step(reset_after, nu
     y, h_n = gru(x, h0, lengths=lengths)
     what = f"B={B}, H={H}, {threads} thread(s)"
     if num_layers == 1:
-        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths, what)
+        check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, D, reset_after, lengths,
+                                 what)
         return
-    lower = cgru.GRU(I, H, bidirectional=bidirectional, reset_after=reset_after)
-    lower.load_state_dict({k: v for k, v in before.items() if "_l0" in k})
-    lower.quantize("int8")
-    y0, h_n0 = lower(x, h0[:D], lengths=lengths)
+    # the first layer's outputs, from that layer run alone, feed the second layer's check
+    y0, h_n0 = first_layer_alone(before, "int8", x, h0, lengths, bidirectional, reset_after)
     np.testing.assert_array_equal(h_n[:D], h_n0, err_msg=f"{what}: layer 0")
-    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths, what)
-    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after, lengths, what)
+    check_layer_step_by_step(emulated_step, x, y0, h0[:D], h_n0, before, 0, D, reset_after, lengths,
+                             what)
+    check_layer_step_by_step(emulated_step, y0, y, h0[D:], h_n[D:], before, 1, D, reset_after,
+                             lengths, what)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -201,7 +203,8 @@ def test_a_hidden_size_beyond_one_chunk_of_quads_sums_its_chunks(reset_after):
     x = rng.standard_normal((T, B, I)).astype(F32)
     h0 = rng.uniform(-1, 1, (1, B, H)).astype(F32)
     y, h_n = gru(x, h0)
-    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None, f"H={H}")
+    check_layer_step_by_step(emulated_step, x, y, h0, h_n, before, 0, 1, reset_after, None,
+                             f"H={H}")
 
 
 @pytest.mark.parametrize("threads", [1, 2])

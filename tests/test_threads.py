@@ -210,8 +210,10 @@ def test_step_reads_only_live_weights_while_another_thread_reloads_them():
     # step() reads the weights without the GIL; a load_state_dict in another thread replaces
     # (and frees) the arrays it read them from. Every state must come from one weight set or the
     # other; freed memory (returned to the system at once here) would crash or give neither.
-    # On a quantized GRU, a thread that assigns float32 arrays in a tight loop replaces W_hh
-    # faster than a step can quantize it: every step must still end, on one set or the other.
+    # On a quantized GRU, a thread that assigns float32 arrays in a tight loop makes steps
+    # quantize W_hh again: every state must still come from one set or the other. (That a step
+    # ends when the weight changes again while it quantizes is test_quantize's: here the GIL's
+    # hand-offs rarely let that happen.)
     out = run_script(textwrap.dedent("""
         import threading, time
         import numpy as np
